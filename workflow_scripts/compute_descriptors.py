@@ -1,0 +1,15 @@
+from potflow.descriptors import compute_group_descriptors
+from potflow.rulescript import run_rule
+
+sm = snakemake  # noqa: F821
+
+
+def body():
+    meta = compute_group_descriptors(sm.params.config, sm.input[0], sm.output[0], sm.wildcards.group)
+    print(
+        f"{meta['group']}: {meta['num_configs']} configs, {meta['num_atoms']} atoms, "
+        f"{meta['num_grad_rows']} gradient rows, {meta['seconds']} s"
+    )
+
+
+run_rule(body, sm.log[0])

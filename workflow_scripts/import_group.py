@@ -1,0 +1,12 @@
+from potflow.rulescript import run_rule
+from potflow.structures import import_group
+
+sm = snakemake  # noqa: F821
+
+
+def body():
+    p = sm.params
+    import_group(p.source, p.scraper, p.elements, sm.output[0], p.min_distance)
+
+
+run_rule(body, sm.log[0])
