@@ -137,3 +137,52 @@ def predict(model, B, types, natoms, grad_values=None, grad_index=None, grad_con
         contrib = (dEdB.index_select(0, i) * grad_values.to(dEdB.dtype)).sum(1)
         forces = forces.index_add(0, j * 3 + a, -contrib)
     return energy, forces.view(-1, 3), e_atom
+
+
+MODEL_FORMAT = "potflow-model"
+
+
+def model_record(model, **info):
+    """Plain tensors and builtins only, so ``torch.load(weights_only=True)`` reads it back."""
+    return {
+        "format": MODEL_FORMAT,
+        "version": 1,
+        "hyperparameters": model.hyperparameters(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "info": info,
+    }
+
+
+def save_model(path, model, **info):
+    """Write a model file atomically; ``info`` says which model it is (epoch, selection...)."""
+    from potflow.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(model_record(model, **info), tmp)
+
+
+def model_from_record(record, where="model"):
+    from potflow.errors import PotflowInputError
+
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        raise PotflowInputError(where, "not a potflow model file")
+    hp = record["hyperparameters"]
+    model = AtomicEnergyModel(hp["num_desc"], hp["hidden"], hp["elements"], hp["option"], hp["activation"])
+    state = record["state_dict"]
+    model.to(next(iter(state.values())).dtype)
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(path, map_location="cpu"):
+    """(model, info) from a file written by ``save_model``; never unpickles arbitrary objects."""
+    from potflow.errors import PotflowInputError
+
+    try:
+        record = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise PotflowInputError(path, "model file does not exist") from None
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PotflowInputError(path, f"not a readable potflow model file (refused to unpickle: {msg[:200]})") from None
+    return model_from_record(record, path), record.get("info", {})
