@@ -11,10 +11,13 @@ RESULTS = "results"
 DATA_DIR, SCRAPER = pfconfig.data_source(POTFLOW)
 GROUPS = pfconfig.fit_groups(POTFLOW)
 DESCRIPTOR_KEY = pfconfig.descriptor_key(POTFLOW)
+# One fit for now; a sweep (issue 9) maps several fit names to their own configs.
+FITS = {"default": POTFLOW}
 
 
 wildcard_constraints:
     group=r"[^/]+",
+    fit=r"[^/]+",
     dkey=r"[0-9a-f]{12}",
 
 
@@ -32,6 +35,16 @@ def imported(group):
 
 def descriptor_dir(group, key=DESCRIPTOR_KEY):
     return f"{RESULTS}/descriptors/{key}/{group}"
+
+
+def fit_dir(fit):
+    return f"{RESULTS}/fits/{fit}"
+
+
+def fit_descriptor_dirs(wildcards):
+    """Descriptor folders of every training group, for the settings of this fit."""
+    cfg = FITS[wildcards.fit]
+    return [descriptor_dir(g, pfconfig.descriptor_key(cfg)) for g in GROUPS]
 
 
 def all_targets():
