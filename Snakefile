@@ -12,11 +12,19 @@ validate(config, "schemas/config.schema.yaml")
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    group=r"[^/]+",
+    fit=r"[^/]+",
+    dkey=r"[0-9a-f]{12}",
+
+
 include: "rules/data.smk"
 include: "rules/descriptors.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True
