@@ -22,6 +22,7 @@ wildcard_constraints:
 
 include: "rules/data.smk"
 include: "rules/descriptors.smk"
+include: "rules/training.smk"
 
 
 rule all:

@@ -83,15 +83,80 @@ class AtomicEnergyModel(nn.Module):
         """Shift/scale from training atoms only (per element for option 2, shared otherwise)."""
         B = torch.as_tensor(descriptors, dtype=torch.float64)
         t = torch.as_tensor(types, dtype=torch.long)
-        groups = [t == e for e in range(len(self.elements))] if self.option == 2 else [torch.ones_like(t, dtype=torch.bool)]
-        for e, mask in enumerate(groups):
-            x = B[mask] if mask.any() else B
-            mean = x.mean(0)
-            std = x.std(0, unbiased=False) if len(x) > 1 else torch.zeros_like(mean)
-            std = torch.where(std > 1e-12 * (1 + mean.abs()), std, torch.ones_like(std))
-            rows = [e] if self.option == 2 else list(range(len(self.elements)))
-            self.shift[rows] = mean.to(self.shift.dtype)
-            self.scale[rows] = std.to(self.scale.dtype)
+        n_el = len(self.elements)
+        count = torch.stack([(t == e).sum() for e in range(n_el)]).to(torch.float64)
+        mean = torch.stack([B[t == e].mean(0) if count[e] else B.new_zeros(B.shape[1]) for e in range(n_el)])
+        m2 = torch.stack([((B[t == e] - mean[e]) ** 2).sum(0) for e in range(n_el)])
+        self.set_standardisation_moments(count, mean, m2)
+
+    @torch.no_grad()
+    def set_standardisation_moments(self, count, mean, m2):
+        """Shift/scale from per-element moments of the training atoms.
+
+        ``count`` (n_el,), ``mean`` (n_el, K) and ``m2`` (n_el, K, sums of squared deviations)
+        are merged over elements for options 1 and 3; option 2 keeps one row per element
+        (an element without training atoms gets the pooled values). A constant descriptor
+        keeps scale 1.
+        """
+        count = torch.as_tensor(count, dtype=torch.float64)
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        m2 = torch.as_tensor(m2, dtype=torch.float64)
+        total = count.sum()
+        pooled_mean = (count[:, None] * mean).sum(0) / total
+        pooled_m2 = (m2 + count[:, None] * (mean - pooled_mean) ** 2).sum(0)
+        pooled_std = (pooled_m2 / total).sqrt()
+        if self.option == 2:
+            has = count > 0
+            shift = torch.where(has[:, None], mean, pooled_mean)
+            std = torch.where(has[:, None], (m2 / count.clamp(min=1)[:, None]).sqrt(), pooled_std)
+        else:
+            shift = pooled_mean.expand_as(mean)
+            std = pooled_std.expand_as(mean)
+        std = torch.where(std > 1e-12 * (1 + shift.abs()), std, torch.ones_like(std))
+        self.shift.copy_(shift)
+        self.scale.copy_(std)
+
+    @torch.no_grad()
+    def set_energy_offsets(self, per_element, spread=1.0):
+        """Start the output layers at the energy scale of the data.
+
+        The biases start at the mean energy per atom of each element (eV) and the output
+        weights are multiplied by ``spread`` (eV), the spread of the energies per atom about
+        those means, so that a bounded activation (tanh, sigmoid) can reach the whole range
+        of energies without first growing its weights. Option 2 gives each element's network
+        its own offset; options 1 and 3 share one network, which starts at the mean offset.
+        """
+        mu = torch.as_tensor(per_element, dtype=torch.float64)
+        for net in self.nets:
+            net.layers[-1].weight.mul_(float(spread))
+        if self.option == 2:
+            for net, m in zip(self.nets, mu, strict=True):
+                net.layers[-1].bias.fill_(float(m))
+        else:
+            self.nets[0].layers[-1].bias.fill_(float(mu.mean()))
+
+    def standardised_energy_and_gradient(self, x, element_counts=None, need_gradient=True):
+        """Per-atom energies (A,) and dE/dx (A, K) for standardised inputs ``x``.
+
+        ``x`` = (B - shift) / scale, with the one-hot element columns appended for option 3.
+        For option 2 the atoms come ordered by element, ``element_counts[e]`` of element e,
+        so each network sees one contiguous slice (no index lists, no host sync).
+        The training loop uses this; ``energy_and_gradient`` does the standardisation itself.
+        """
+        if self.option != 2:
+            e, g = self.nets[0].energy_and_gradient(x, need_gradient)
+            if g is not None and self.option == 3:
+                g = g[:, : self.num_desc]
+            return e, g
+        energies, grads = [], []
+        for net, part in zip(self.nets, torch.split(x, list(element_counts)), strict=True):
+            if part.shape[0]:
+                e, g = net.energy_and_gradient(part, need_gradient)
+                energies.append(e)
+                grads.append(g)
+        if len(energies) == 1:
+            return energies[0], grads[0]
+        return torch.cat(energies), (torch.cat(grads) if need_gradient else None)
 
     def energy_and_gradient(self, B, types, need_gradient=True):
         """Per-atom energies (A,) and dE/dB (A, K) for descriptors B (A, K) of elements ``types``."""

@@ -42,4 +42,6 @@ def fit_descriptor_dirs(wildcards):
 
 
 def all_targets():
-    return [descriptor_dir(g) for g in GROUPS]
+    targets = [descriptor_dir(g) for g in GROUPS]
+    targets += [f"{fit_dir(fit)}/model.pt" for fit in FITS]
+    return targets

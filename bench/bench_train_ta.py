@@ -1,0 +1,206 @@
+"""Training benchmark on ../shared/data/Ta_JSON with FitSNAP's Ta_PyTorch_NN example settings.
+
+Layers num_desc 64 64 1, batch 4, lr 5e-5, energy_weight 1e-2, force_weight 1, a 0.7/0.3
+split per group, ZBL reference. Prints median seconds per epoch, peak RSS of the training
+process and the test-set energy (eV/atom) and force (eV/A) MAE of the selected model.
+
+    python bench/bench_train_ta.py [--epochs 200] [--batch-size 4] [--threads 1] [--work DIR]
+
+Descriptors are computed once into --work (default /tmp/potflow_bench_ta) and reused.
+Each training run is a fresh subprocess so its peak RSS is its own.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "Ta_JSON"
+CONFIG = {
+    "bispectrum": {"type": ["Ta"]},
+    "scraper": {"scraper": "JSON"},
+    "reference": {
+        "pair_style": "hybrid/overlay zero 10.0 zbl 4.0 4.8",
+        "pair_coeff": ["* * zero", "* * zbl 73 73"],
+    },
+    "groups": {"defaults": {"training_size": 0.7, "testing_size": 0.3}},
+    "pytorch": {
+        "layer_sizes": ["num_desc", 64, 64, 1],
+        "learning_rate": 5e-5,
+        "batch_size": 4,
+        "energy_weight": 1e-2,
+        "force_weight": 1.0,
+        "multi_element_option": 1,
+    },
+}
+
+
+def fitsnap_order(folder, out):
+    """Copy of a descriptor folder with its configurations in os.listdir order of the JSON files.
+
+    FitSNAP 3.1 does not sort a group's files: without random_sampling it trains on the first
+    70 % of os.listdir's order and tests on the next 30 %. With this order our split (first
+    n_train train, next n_test test) has FitSNAP's exact test set on this machine.
+    """
+    import shutil
+
+    import numpy as np
+
+    from potflow.dataset import concat_ranges
+    from potflow.descriptors import ARRAYS, META
+
+    a = {name: np.load(Path(folder) / f"{name}.npy") for name in ARRAYS}
+    group = Path(folder).name
+    listed = [f for f in os.listdir(DATA / group) if f.endswith(".json")]
+    where = {str(f): m for m, f in enumerate(a["files"])}
+    perm = np.array([where[f] for f in listed])
+    natoms, ptr = a["natoms"], a["grad_ptr"]
+    start = np.cumsum(natoms) - natoms
+    atoms = concat_ranges(start[perm], natoms[perm])
+    rows = concat_ranges(ptr[:-1][perm], np.diff(ptr)[perm])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in a.items():
+        if name == "grad_ptr":
+            arr = np.concatenate([[0], np.cumsum(np.diff(ptr)[perm])])
+        elif name in ("grad_values", "grad_index"):
+            arr = arr[rows]
+        elif len(arr) == len(natoms):
+            arr = arr[perm]
+        else:
+            arr = arr[atoms]
+        np.save(out / f"{name}.npy", arr)
+    shutil.copy(Path(folder) / META, out / META)
+    return str(out)
+
+
+def descriptors(work):
+    from potflow.config import descriptor_key, fit_groups, prepare_config
+    from potflow.descriptors import compute_group_descriptors
+    from potflow.structures import import_group
+
+    cfg = prepare_config({**CONFIG, "path": {"dataPath": str(DATA)}})
+    key = descriptor_key(cfg)
+    folders = []
+    t0 = time.perf_counter()
+    for group in fit_groups(cfg):
+        npz = work / "data" / f"{group}.npz"
+        out = work / "descriptors" / key / group
+        if not out.exists():
+            if not npz.exists():
+                import_group(DATA / group, "JSON", ["Ta"], npz)
+            compute_group_descriptors(cfg, npz, out, group)
+        folders.append(fitsnap_order(out, work / "fitsnap_order" / key / group))
+    return folders, time.perf_counter() - t0
+
+
+def test_mae(cfg, folders, model_path):
+    """Energy (eV/atom) and force (eV/A) MAE of the model on the test split, with model.predict."""
+    import numpy as np
+    import torch
+
+    from potflow.dataset import FitData, concat_ranges
+    from potflow.model import load_model, predict
+
+    model, _ = load_model(model_path)
+    model.double().eval()
+    data = FitData(cfg, folders)
+    test = data.subset("test")
+    e_err, f_err = [], []
+    with torch.no_grad():
+        for g, local, pos in test.pieces():
+            a = g.arrays
+            atoms = concat_ranges(g.atom_start[local], g.natoms[local])
+            rows = concat_ranges(g.row_start[local], g.nrows[local])
+            # grad_index rows count atoms within the batch: add each config's first atom
+            first = np.cumsum(g.natoms[local]) - g.natoms[local]
+            idx = np.asarray(a["grad_index"][rows], dtype=np.int64)
+            idx[:, :2] += np.repeat(first, g.nrows[local])[:, None]
+            energy, forces, _ = predict(
+                model,
+                torch.from_numpy(np.asarray(a["descriptors"][atoms])),
+                torch.from_numpy(g.types[atoms]),
+                torch.from_numpy(g.natoms[local]),
+                torch.from_numpy(np.asarray(a["grad_values"][rows], dtype=np.float64)),
+                torch.from_numpy(idx),
+            )
+            target_e = data.table["energy"][test.ids[pos]]
+            e_err.append(np.abs(energy.numpy() - target_e) / g.natoms[local])
+            f_err.append(np.abs(forces.numpy() - np.asarray(a["force_target"][atoms])).ravel())
+    return float(np.concatenate(e_err).mean()), float(np.concatenate(f_err).mean())
+
+
+def run_one(args):
+    """Child process: one training run; prints a JSON line."""
+    import numpy as np
+    import torch  # noqa: F401  (imported before the baseline RSS is taken)
+
+    from potflow.config import prepare_config
+    from potflow.train import TrainPaths, train
+
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    folders = json.loads(args.folders)
+    cfg = dict(CONFIG, path={"dataPath": str(DATA)})
+    cfg["pytorch"] = dict(CONFIG["pytorch"], num_epochs=args.epochs, batch_size=args.batch_size, threads=args.threads)
+    cfg["pytorch"].update(json.loads(args.extra))
+    if cfg["pytorch"].get("activation", "tanh") not in ("linear", "sigmoid", "tanh", "relu"):
+        cfg["md"] = {"enabled": False}  # a comparison run only: LAMMPS cannot run this activation
+    cfg = prepare_config(cfg)
+    out = Path(args.work) / f"fit_b{args.batch_size}_t{args.threads}"
+    paths = TrainPaths(out / "model.pt", out / "checkpoint.pt", out / "loss_vs_epochs.dat", out / "split.tsv", out / "resume.pt")
+    t0 = time.perf_counter()
+    res = train(cfg, folders, paths, progress=False)
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mae_e, mae_f = test_mae(cfg, folders, paths.model)
+    times = res["epoch_seconds"]
+    print(json.dumps({
+        "batch_size": args.batch_size, "threads": args.threads, "epochs": args.epochs,
+        "median_s_per_epoch": float(np.median(times)), "train_wall_s": wall,
+        "peak_rss_mb": rss, "rss_after_import_torch_mb": base_rss,
+        "test_energy_mae_eV_atom": mae_e, "test_force_mae_eV_A": mae_f,
+        "selected": res["info"],
+    }))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[4, 64])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument("--work", default="/tmp/potflow_bench_ta")
+    ap.add_argument("--extra", default="{}", help="JSON of extra pytorch settings")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--folders", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        args.batch_size, args.threads = args.batch_size[0], args.threads[0]
+        return run_one(args)
+    work = Path(args.work)
+    folders, seconds = descriptors(work)
+    print(f"descriptors ready ({seconds:.1f} s) in {work}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    for bs in args.batch_size:
+        for threads in args.threads:
+            cmd = [sys.executable, __file__, "--child", "--epochs", str(args.epochs), "--batch-size", str(bs),
+                   "--threads", str(threads), "--work", str(work), "--folders", json.dumps(folders), "--extra", args.extra]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(out.stderr[-3000:])
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(
+                f"batch {bs:3d} threads {threads}: {r['median_s_per_epoch']:.4f} s/epoch (median of {args.epochs}), "
+                f"training {r['train_wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+                f"(after importing torch {r['rss_after_import_torch_mb']:.0f} MB), "
+                f"test MAE energy {r['test_energy_mae_eV_atom']:.4f} eV/atom force {r['test_force_mae_eV_A']:.4f} eV/A "
+                f"[{r['selected']['selection']} epoch {r['selected']['epoch']}]"
+            )
+
+
+if __name__ == "__main__":
+    main()
