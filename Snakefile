@@ -11,9 +11,14 @@ configfile: "config.yaml"
 validate(config, "schemas/config.schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/descriptors.smk"
+include: "rules/evaluation_common.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:

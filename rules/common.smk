@@ -48,4 +48,4 @@ def fit_descriptor_dirs(wildcards):
 
 
 def all_targets():
-    return [descriptor_dir(g) for g in GROUPS]
+    return [descriptor_dir(g) for g in GROUPS] + all_evaluation_targets()
