@@ -4,6 +4,7 @@ The canonical file is an uncompressed ``.npz`` (read with ``allow_pickle=False``
 for M configurations with N_m atoms each, in metal units (Angstrom, eV, eV/Angstrom, bar):
 
   natoms (M,)  cells (M,3,3) rows = cell vectors  pbc (M,3)  energy (M,)  stress (M,3,3) NaN if absent
+  (stress has FitSNAP JSON's sign, the pressure tensor: compression is positive)
   positions (sum N_m, 3)  forces (sum N_m, 3)  symbols (sum N_m,)  files (M,) source of each config
 """
 
@@ -137,7 +138,8 @@ def read_xyz_group(path):
             from ase.stress import voigt_6_to_full_3x3_stress
 
             s = np.asarray(results["stress"])
-            stress = (voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s) * EV_PER_A3_IN_BAR
+            # ASE's stress is minus the pressure tensor; FitSNAP JSON stores the pressure tensor
+            stress = -(voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s) * EV_PER_A3_IN_BAR
         records.append(
             {
                 "symbols": atoms.get_chemical_symbols(),
