@@ -152,7 +152,8 @@ pair_style {ref["pair_style"]}
             index = np.stack([i, j, a], axis=1).astype(np.int32)
             values = grad[keep]
         else:
-            B = arr[:n, :K]
+            # without dgradflag, columns hold one block of K per atom type: take each atom's own
+            B = arr[np.arange(n)[:, None], np.asarray(types, np.int64)[:, None] * K + np.arange(K)]
             ref_energy = arr[0, -1]
             ref_forces = arr[n : 4 * n, -1].reshape(n, 3) @ T
             index = np.zeros((0, 3), np.int32)
