@@ -51,15 +51,17 @@ def parse_fitsnap_json(path):
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise PotflowInputError(path, f"cannot read: {exc}") from None
+    skipped = 0  # lines dropped before parsing, so error line numbers match the file
     if text.startswith("#"):
         text = text.split("\n", 1)[1] if "\n" in text else ""
+        skipped = 1
     try:
         doc = json.loads(text)
         dataset = doc["Dataset"]
         data = dataset["Data"]
         rec = data[0]
     except json.JSONDecodeError as exc:
-        raise PotflowInputError(path, f"malformed JSON: {exc.msg} at line {exc.lineno + 1} column {exc.colno}") from None
+        raise PotflowInputError(path, f"malformed JSON: {exc.msg} (line {exc.lineno + skipped}, column {exc.colno})") from None
     except (KeyError, IndexError, TypeError):
         raise PotflowInputError(path, "not a FitSNAP JSON file: expected {\"Dataset\": {\"Data\": [ {...} ]}}") from None
     if not isinstance(rec, dict):
