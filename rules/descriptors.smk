@@ -5,7 +5,7 @@ rule compute_descriptors:
     output:
         directory(f"{RESULTS}/descriptors/{{dkey}}/{{group}}"),
     params:
-        config=POTFLOW,
+        settings=pfconfig.descriptor_settings(POTFLOW),  # not the whole config: see the script
     log:
         f"{RESULTS}/logs/descriptors/{{dkey}}/{{group}}.log",
     threads: 1
