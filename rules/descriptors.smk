@@ -4,6 +4,8 @@ rule compute_descriptors:
         f"{RESULTS}/data/{{group}}.npz",
     output:
         directory(f"{RESULTS}/descriptors/{{dkey}}/{{group}}"),
+    params:
+        settings=lambda w: DESCRIPTOR_SETTINGS[w.dkey],
     log:
         f"{RESULTS}/logs/descriptors/{{dkey}}/{{group}}.log",
     conda:
