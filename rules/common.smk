@@ -15,7 +15,8 @@ DESCRIPTOR_KEY = pfconfig.descriptor_key(POTFLOW)
 FITS = {"default": POTFLOW}
 # Fits with equal descriptor settings share one descriptor computation per group.
 DESCRIPTOR_SETTINGS = {
-    pfconfig.descriptor_key(cfg): pfconfig.descriptor_settings(cfg) for cfg in FITS.values()
+    pfconfig.descriptor_key(cfg): pfconfig.descriptor_settings(cfg)
+    for cfg in FITS.values()
 }
 
 
