@@ -1,5 +1,6 @@
 """FitSNAP input files: conversion to potflow configs, the from-fitsnap command, the workflow."""
 
+import json
 import os
 import subprocess
 import sys
@@ -568,3 +569,51 @@ def test_cli_help_lists_commands(tmp_path):
     assert res.returncode == 0 and "--strict" in res.stdout
     res = run_cli("no-such-command", cwd=tmp_path)
     assert res.returncode != 0
+
+
+# --- the workflow takes the .in file directly ---------------------------------------------
+
+
+def _fake_json(path, symbol):
+    rec = {
+        "Energy": -10.0, "NumAtoms": 1, "AtomTypes": [symbol], "Positions": [[0.0, 0.0, 0.0]],
+        "Forces": [[0.0, 0.0, 0.0]], "Lattice": [[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]],
+    }  # fmt: skip
+    path.write_text("# test\n" + json.dumps({"Dataset": {"Data": [rec]}}))
+
+
+def dry_run(snakefile, infile, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "-s", str(snakefile),
+         "--config", f"fitsnap_input={infile}"],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_snakemake_dry_run_with_fitsnap_input(tmp_path, repo_root):
+    for group in ("Bulk", "Surface", "Unlisted"):
+        (tmp_path / "data" / group).mkdir(parents=True)
+        for i in range(2):
+            _fake_json(tmp_path / "data" / group / f"{i}.json", "Ta")
+    (tmp_path / "inputs").mkdir()
+    settings = TA_IN.read_text().split("[GROUPS]")[0]
+    text = edit("../../../../shared/data/Ta_JSON", "../data", settings) + (
+        "[GROUPS]\ngroup_sections = name training_size testing_size eweight fweight vweight\n"
+        "group_types = str float float float float float\n"
+        "Bulk = 0.7 0.3 1 1 0\nSurface = 1 0 1 1 0\n[MEMORY]\noverride = 0\n"
+    )
+    infile = write_in(tmp_path / "inputs", text, name="Ta.in")
+    work = tmp_path / "work"  # no config.yaml here: the .in file is the whole config
+    work.mkdir()
+    res = dry_run(repo_root / "Snakefile", infile, work)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "results/data/Bulk.npz" in out and "results/data/Surface.npz" in out
+    assert "Unlisted" not in out  # FitSNAP fits only the listed groups
+    assert f"potflow: {infile}: [MEMORY] override = 0: ignored" in out
+    # A linear-solver input stops the workflow with the one-line message.
+    bad = write_in(tmp_path / "inputs", edit("= PYTORCH", "= SVD", text), name="bad.in")
+    res = dry_run(repo_root / "Snakefile", bad, work)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "[SOLVER] solver: SVD is a linear solver; not supported: potflow fits neural" in out
