@@ -41,7 +41,6 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft7Validator)
 
 
 def _error_line(error, source):
@@ -51,7 +50,8 @@ def _error_line(error, source):
 
 def apply_schema(cfg, source="config"):
     """Fill defaults and check types in place; one-line error naming the field."""
-    validator = _Validator(load_schema())
+    schema = load_schema()
+    validator = _with_defaults(jsonschema.validators.validator_for(schema))(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         raise _error_line(errors[0], source)

@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: the checked config, group discovery and result paths.
+# Helpers shared by all stages: the checked config, group discovery and result paths.
 import sys
 from pathlib import Path
 
@@ -13,12 +13,11 @@ GROUPS = pfconfig.fit_groups(POTFLOW)
 DESCRIPTOR_KEY = pfconfig.descriptor_key(POTFLOW)
 # One fit for now; a sweep (issue 9) maps several fit names to their own configs.
 FITS = {"default": POTFLOW}
-
-
-wildcard_constraints:
-    group=r"[^/]+",
-    fit=r"[^/]+",
-    dkey=r"[0-9a-f]{12}",
+# Fits with equal descriptor settings share one descriptor computation per group.
+DESCRIPTOR_SETTINGS = {
+    pfconfig.descriptor_key(cfg): pfconfig.descriptor_settings(cfg)
+    for cfg in FITS.values()
+}
 
 
 def group_input_files(wildcards):

@@ -4,13 +4,15 @@ rule import_group:
         group_input_files,
     output:
         f"{RESULTS}/data/{{group}}.npz",
+    log:
+        f"{RESULTS}/logs/import/{{group}}.log",
+    conda:
+        "../envs/potflow.yaml"
+    threads: 1
     params:
         source=lambda w: str(pfconfig.group_source(DATA_DIR, SCRAPER, w.group)),
         scraper=SCRAPER,
         elements=pfconfig.elements(POTFLOW),
         min_distance=POTFLOW["descriptors"]["min_distance"],
-    log:
-        f"{RESULTS}/logs/import/{{group}}.log",
-    threads: 1
     script:
         "../workflow_scripts/import_group.py"

@@ -4,12 +4,14 @@ rule compute_descriptors:
         f"{RESULTS}/data/{{group}}.npz",
     output:
         directory(f"{RESULTS}/descriptors/{{dkey}}/{{group}}"),
-    params:
-        config=POTFLOW,
     log:
         f"{RESULTS}/logs/descriptors/{{dkey}}/{{group}}.log",
+    conda:
+        "../envs/potflow.yaml"
     threads: 1
     resources:
         mem_mb=lambda w, input: 1000 + 40 * max(1, int(input.size_mb)),
+    params:
+        settings=lambda w: DESCRIPTOR_SETTINGS[w.dkey],
     script:
         "../workflow_scripts/compute_descriptors.py"
