@@ -9,7 +9,9 @@ from potflow.plots import FIGURES
 # One metrics file name for every fit (FitSNAP's outfile.metrics).
 METRICS = POTFLOW["outfile"]["metrics"]
 if any(cfg["outfile"]["metrics"] != METRICS for cfg in FITS.values()):
-    raise PotflowInputError("config", "field 'outfile.metrics' must be the same for every fit")
+    raise PotflowInputError(
+        "config", "field 'outfile.metrics' must be the same for every fit"
+    )
 TEST_SETS = {
     name: (Path(ts["dataPath"]), ts.get("scraper", SCRAPER))
     for name, ts in POTFLOW["test_sets"].items()
@@ -17,7 +19,8 @@ TEST_SETS = {
 for _name, (_dir, _) in TEST_SETS.items():
     if _dir.resolve() == DATA_DIR.resolve():
         raise PotflowInputError(
-            "config", f"field 'test_sets.{_name}.dataPath' is the training data (path.dataPath)"
+            "config",
+            f"field 'test_sets.{_name}.dataPath' is the training data (path.dataPath)",
         )
 TEST_GROUPS = {name: pfconfig.discover_groups(*src) for name, src in TEST_SETS.items()}
 _EVALDIR = re.compile(rf"{re.escape(RESULTS)}/fits/([^/]+)(?:/test_sets/([^/]+))?")
@@ -35,14 +38,6 @@ def test_set_descriptor_dir(test_set, group, key):
     return f"{RESULTS}/test_sets/{test_set}/descriptors/{key}/{group}"
 
 
-def fit_config_for_key(dkey):
-    """The fit settings that give descriptor key ``dkey``."""
-    for cfg in FITS.values():
-        if pfconfig.descriptor_key(cfg) == dkey:
-            return cfg
-    raise ValueError(f"no fit has descriptor key {dkey}")
-
-
 def test_set_input_files(wildcards):
     data_dir, scraper = TEST_SETS[wildcards.test_set]
     source = pfconfig.group_source(data_dir, scraper, wildcards.group)
@@ -54,7 +49,8 @@ def test_set_input_files(wildcards):
 def test_set_descriptor_dirs(wildcards):
     key = pfconfig.descriptor_key(FITS[wildcards.fit])
     return [
-        test_set_descriptor_dir(wildcards.test_set, g, key) for g in TEST_GROUPS[wildcards.test_set]
+        test_set_descriptor_dir(wildcards.test_set, g, key)
+        for g in TEST_GROUPS[wildcards.test_set]
     ]
 
 
@@ -68,7 +64,9 @@ def evaluation_sources(wildcards):
             "structures": [imported(g) for g in GROUPS],
         }
     return {
-        "descriptors": [test_set_descriptor_dir(test_set, g, key) for g in TEST_GROUPS[test_set]],
+        "descriptors": [
+            test_set_descriptor_dir(test_set, g, key) for g in TEST_GROUPS[test_set]
+        ],
         "structures": [test_set_data(test_set, g) for g in TEST_GROUPS[test_set]],
     }
 
@@ -81,7 +79,9 @@ def evaluation_title(wildcards):
 def evaluation_targets(evaldir, cfg):
     extras = cfg["extras"]
     targets = [f"{evaldir}/{METRICS}", f"{evaldir}/metrics.html"]
-    targets += [f"{evaldir}/plots/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")]
+    targets += [
+        f"{evaldir}/plots/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")
+    ]
     for flag, name in (
         ("dump_perconfig", "perconfig.dat"),
         ("dump_peratom", "peratom.dat"),
