@@ -1,14 +1,27 @@
 # potflow: fit a neural-network interatomic potential on LAMMPS descriptors.
 # This file validates the config, includes one rule file per stage and names the targets.
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
+# A FitSNAP input file (`--config fitsnap_input=Ta.in`) is the whole config; other --config
+# values override it. Without one, config.yaml is read.
+if config.get("fitsnap_input"):
+    sys.path.insert(0, workflow.basedir)
+    from potflow.fitsnap_input import workflow_config
 
-configfile: "config.yaml"
+    workflow_config(config)
+else:
+
+    configfile: "config.yaml"
 
 
 validate(config, "schemas/config.schema.yaml")
+
+
+report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -23,6 +36,8 @@ wildcard_constraints:
 include: "rules/data.smk"
 include: "rules/descriptors.smk"
 include: "rules/training.smk"
+include: "rules/evaluation_common.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from potflow.config import descriptor_key, descriptor_settings
+from potflow.config import descriptor_key, descriptor_settings, settings_hash
 from potflow.errors import PotflowInputError
 from potflow.fileio import atomic_directory, write_json
 from potflow.structures import iter_configs, load_group
@@ -152,7 +152,8 @@ pair_style {ref["pair_style"]}
             index = np.stack([i, j, a], axis=1).astype(np.int32)
             values = grad[keep]
         else:
-            B = arr[:n, :K]
+            # without dgradflag, columns hold one block of K per atom type: take each atom's own
+            B = arr[np.arange(n)[:, None], np.asarray(types, np.int64)[:, None] * K + np.arange(K)]
             ref_energy = arr[0, -1]
             ref_forces = arr[n : 4 * n, -1].reshape(n, 3) @ T
             index = np.zeros((0, 3), np.int32)
@@ -164,13 +165,16 @@ pair_style {ref["pair_style"]}
 
 
 def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=False):
-    """Descriptor folder of one imported group; written atomically (no partial folder)."""
+    """Descriptor folder of one imported group; written atomically (no partial folder).
+
+    ``cfg`` is a checked config or just its ``descriptor_settings`` (all this depends on).
+    """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    settings = descriptor_settings(cfg)
+    settings = cfg if "gradient_dtype" in cfg else descriptor_settings(cfg)
     data = load_group(data_path)
-    elements = list(cfg["bispectrum"]["type"])
+    elements = list(settings["bispectrum"]["type"])
     grad_dtype = np.dtype(settings["gradient_dtype"])
-    calc = SnapCalculator(cfg, with_gradients=settings["forces"])
+    calc = SnapCalculator(settings, with_gradients=settings["forces"])
     t0 = time.perf_counter()
     B, ref_e, ref_f, gidx, gval, ptr = [], [], [], [], [], [0]
     types_all = np.array([elements.index(s) if s in elements else -1 for s in data["symbols"]], np.int32)
@@ -221,7 +225,7 @@ def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=Fals
     }
     meta = {
         "group": group,
-        "descriptor_key": descriptor_key(cfg),
+        "descriptor_key": settings_hash(settings),
         "settings": settings,
         "elements": elements,
         "num_descriptors": K,

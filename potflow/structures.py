@@ -4,6 +4,7 @@ The canonical file is an uncompressed ``.npz`` (read with ``allow_pickle=False``
 for M configurations with N_m atoms each, in metal units (Angstrom, eV, eV/Angstrom, bar):
 
   natoms (M,)  cells (M,3,3) rows = cell vectors  pbc (M,3)  energy (M,)  stress (M,3,3) NaN if absent
+  (stress has FitSNAP JSON's sign, the pressure tensor: compression is positive)
   positions (sum N_m, 3)  forces (sum N_m, 3)  symbols (sum N_m,)  files (M,) source of each config
 """
 
@@ -50,15 +51,17 @@ def parse_fitsnap_json(path):
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise PotflowInputError(path, f"cannot read: {exc}") from None
+    skipped = 0  # lines dropped before parsing, so error line numbers match the file
     if text.startswith("#"):
         text = text.split("\n", 1)[1] if "\n" in text else ""
+        skipped = 1
     try:
         doc = json.loads(text)
         dataset = doc["Dataset"]
         data = dataset["Data"]
         rec = data[0]
     except json.JSONDecodeError as exc:
-        raise PotflowInputError(path, f"malformed JSON: {exc.msg} at line {exc.lineno + 1} column {exc.colno}") from None
+        raise PotflowInputError(path, f"malformed JSON: {exc.msg} (line {exc.lineno + skipped}, column {exc.colno})") from None
     except (KeyError, IndexError, TypeError):
         raise PotflowInputError(path, "not a FitSNAP JSON file: expected {\"Dataset\": {\"Data\": [ {...} ]}}") from None
     if not isinstance(rec, dict):
@@ -137,7 +140,8 @@ def read_xyz_group(path):
             from ase.stress import voigt_6_to_full_3x3_stress
 
             s = np.asarray(results["stress"])
-            stress = (voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s) * EV_PER_A3_IN_BAR
+            # ASE's stress is minus the pressure tensor; FitSNAP JSON stores the pressure tensor
+            stress = -(voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s) * EV_PER_A3_IN_BAR
         records.append(
             {
                 "symbols": atoms.get_chemical_symbols(),

@@ -38,6 +38,14 @@ CHECKPOINT_FORMAT = "potflow-checkpoint"
 _NOT_IN_RUN = ("num_epochs", "save_state_output", "save_freq", "threads", "device", "model_selection", "memory_budget_mb")
 
 
+TRAINING_SECTIONS = ("bispectrum", "calculator", "reference", "descriptors", "eshift", "groups", "pytorch")
+
+
+def training_config(cfg):
+    """The sections of a checked config that a fit depends on."""
+    return {k: cfg[k] for k in TRAINING_SECTIONS}
+
+
 @dataclass
 class TrainPaths:
     model: Path

@@ -13,6 +13,11 @@ GROUPS = pfconfig.fit_groups(POTFLOW)
 DESCRIPTOR_KEY = pfconfig.descriptor_key(POTFLOW)
 # One fit for now; a sweep (issue 9) maps several fit names to their own configs.
 FITS = {"default": POTFLOW}
+# Fits with equal descriptor settings share one descriptor computation per group.
+DESCRIPTOR_SETTINGS = {
+    pfconfig.descriptor_key(cfg): pfconfig.descriptor_settings(cfg)
+    for cfg in FITS.values()
+}
 
 
 def group_input_files(wildcards):
@@ -44,4 +49,4 @@ def fit_descriptor_dirs(wildcards):
 def all_targets():
     targets = [descriptor_dir(g) for g in GROUPS]
     targets += [f"{fit_dir(fit)}/model.pt" for fit in FITS]
-    return targets
+    return targets + all_evaluation_targets()

@@ -12,6 +12,6 @@ rule compute_descriptors:
     resources:
         mem_mb=lambda w, input: 1000 + 40 * max(1, int(input.size_mb)),
     params:
-        config=POTFLOW,
+        settings=lambda w: DESCRIPTOR_SETTINGS[w.dkey],
     script:
         "../workflow_scripts/compute_descriptors.py"

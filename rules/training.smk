@@ -1,3 +1,6 @@
+from potflow.train import training_config
+
+
 rule train:
     """Fit the network on the training groups' descriptors (FitSNAP's [PYTORCH] settings).
 
@@ -9,11 +12,7 @@ rule train:
     output:
         model=f"{RESULTS}/fits/{{fit}}/model.pt",
         checkpoint=f"{RESULTS}/fits/{{fit}}/{POTFLOW['pytorch']['save_state_output']}",
-        loss=report(
-            f"{RESULTS}/fits/{{fit}}/loss_vs_epochs.dat",
-            caption="../report/loss_vs_epochs.rst",
-            category="Training",
-        ),
+        loss=f"{RESULTS}/fits/{{fit}}/loss_vs_epochs.dat",
         split=f"{RESULTS}/fits/{{fit}}/split.tsv",
     log:
         f"{RESULTS}/fits/{{fit}}/training.log",
@@ -22,8 +21,10 @@ rule train:
     threads: 1
     resources:
         gpu=POTFLOW["resources"]["train_gpus"],
+        mem_mb=lambda w: 1500 + (FITS[w.fit]["pytorch"]["memory_budget_mb"] or 8000),
     params:
-        config=lambda w: FITS[w.fit],
+        # only the sections training depends on: editing md, outfile or test_sets keeps the fit
+        config=lambda w: training_config(FITS[w.fit]),
         resume=lambda w: f"{fit_dir(w.fit)}/resume.pt",
     script:
         "../workflow_scripts/train.py"

@@ -5,7 +5,9 @@ sm = snakemake  # noqa: F821
 
 
 def body():
-    meta = compute_group_descriptors(sm.params.config, sm.input[0], sm.output[0], sm.wildcards.group)
+    # params.settings holds only what the descriptors depend on, so editing a training
+    # parameter never reruns this job
+    meta = compute_group_descriptors(sm.params.settings, sm.input[0], sm.output[0], sm.wildcards.group)
     print(
         f"{meta['group']}: {meta['num_configs']} configs, {meta['num_atoms']} atoms, "
         f"{meta['num_grad_rows']} gradient rows, {meta['seconds']} s"

@@ -1,0 +1,19 @@
+"""Score a trained model on a test set: reads model.pt, never trains."""
+
+import torch
+
+from potflow import evaluate as pfe
+from potflow.rulescript import run_rule
+
+sm = snakemake  # noqa: F821
+
+
+def body():
+    torch.set_num_threads(max(1, sm.threads))
+    folders = dict(zip(sm.params.groups, sm.input.descriptors, strict=True))
+    ev = pfe.evaluate_test_set(sm.params.config, sm.input.model, folders)
+    pfe.save_evaluation(sm.output[0], ev)
+    print(f"test set {sm.wildcards.test_set}: {len(ev['natoms'])} configurations, model {pfe.model_info(ev)}")
+
+
+run_rule(body, sm.log[0])
