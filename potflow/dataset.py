@@ -68,20 +68,19 @@ def _group_rng(seed, group, stream):
 
 
 def split_group(n, group, opts, validation_fraction, random_sampling, random_seed):
-    """Set label ("train", "val", "test" or "" for unused) of each of a group's n configurations."""
+    """(labels, note): the set ("train", "val", "test", "" unused) of each of a group's n
+    configurations, and a note when the test set had to shrink (else None)."""
     where = f"config groups.{group}"
     tr_size, te_size = opts["training_size"], opts["testing_size"]
     n_train = size_count(tr_size, n, where, "training_size")
     n_test = size_count(te_size, n, where, "testing_size")
+    if n_train > n:
+        raise PotflowInputError(where, f"training_size {tr_size} asks for {n_train} configurations but the group has {n}")
+    note = None
     if n_train + n_test > n:
-        if tr_size <= 1 and te_size <= 1 and tr_size + te_size <= 1 + 1e-9 and n_train <= n:
-            n_test = n - n_train  # rounding both fractions up overshot by one
-        else:
-            raise PotflowInputError(
-                where,
-                f"training_size {tr_size} + testing_size {te_size} ask for {n_train} + {n_test} "
-                f"configurations but the group has {n}",
-            )
+        # FitSNAP does the same (with a warning): the test set takes what is left
+        note = f"group {group}: {n_train} train + {n_test} test > {n} configurations; testing on {n - n_train}"
+        n_test = n - n_train
     if n_train == 0:
         raise PotflowInputError(
             where,
@@ -96,7 +95,7 @@ def split_group(n, group, opts, validation_fraction, random_sampling, random_see
     n_val = min(math.floor(validation_fraction * n_train + 0.5), n_train - 1)
     if n_val > 0:
         labels[_group_rng(random_seed, group, 1).choice(train, n_val, replace=False)] = "val"
-    return labels
+    return labels, note
 
 
 # ----------------------------------------------------------------------------- fit data
@@ -145,13 +144,16 @@ class FitData:
         self.has_forces = all(g.has_forces for g in self.groups)
         tcfg, gcfg = cfg["pytorch"], cfg["groups"]
         eshift = np.array([float(cfg["eshift"].get(el, 0.0)) for el in self.elements])
+        self.notes = []
         cols = {k: [] for k in ("group_id", "index", "natoms", "set", "file", "energy", "ew", "fw")}
         for gid, g in enumerate(self.groups):
             opts = group_options(cfg, g.name)
             n = len(g.natoms)
-            labels = split_group(
+            labels, note = split_group(
                 n, g.name, opts, tcfg["validation_fraction"], gcfg["random_sampling"], gcfg["random_seed"]
             )
+            if note:
+                self.notes.append(note)
             config_of_atom = np.repeat(np.arange(n), g.natoms)
             shift = np.bincount(config_of_atom, weights=eshift[g.types], minlength=n)
             cols["group_id"].append(np.full(n, gid))

@@ -38,14 +38,6 @@ CHECKPOINT_FORMAT = "potflow-checkpoint"
 _NOT_IN_RUN = ("num_epochs", "save_state_output", "save_freq", "threads", "device", "model_selection", "memory_budget_mb")
 
 
-TRAINING_SECTIONS = ("bispectrum", "calculator", "reference", "descriptors", "eshift", "groups", "pytorch")
-
-
-def training_config(cfg):
-    """The sections of a checked config that a fit depends on."""
-    return {k: cfg[k] for k in TRAINING_SECTIONS}
-
-
 @dataclass
 class TrainPaths:
     model: Path
@@ -191,15 +183,20 @@ class _Screen:
     def __init__(self, total, initial, progress):
         from tqdm import tqdm
 
+        # in a log file (no terminal) the bar is drawn rarely and the lines are printed plainly
+        self.tty = sys.stderr.isatty()
         self.bar = tqdm(
             total=total, initial=initial, desc="training", unit="epoch", disable=not progress,
-            file=sys.stderr, mininterval=1.0, dynamic_ncols=True,
+            file=sys.stderr, mininterval=1.0 if self.tty else 30.0, dynamic_ncols=True,
         )  # fmt: skip
 
     def lines(self, *lines):
         from tqdm import tqdm
 
-        tqdm.write("\n".join(lines), file=sys.stdout)
+        if self.tty:
+            tqdm.write("\n".join(lines), file=sys.stdout)
+        else:
+            print("\n".join(lines))
 
     def step(self, train, val):
         self.bar.set_postfix(train=f"{train:.4g}", val=f"{val:.4g}", refresh=False)
@@ -224,6 +221,8 @@ def train(cfg, folders, paths, progress=True, stream=None):
             "config", f"config field 'pytorch.batch_size': {bs} is larger than the training set ({len(train_cs)} configurations)"
         )
     data.write_split(paths.split)
+    for note in data.notes:
+        print(note)
 
     seed = tcfg["seed"] if tcfg["manual_seed_flag"] else int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(seed)
@@ -298,7 +297,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
     shift = model.shift.detach().cpu().double().numpy()
     scale = model.scale.detach().cpu().double().numpy()
     budget = tcfg["memory_budget_mb"]
-    budget = None if budget is None else budget * 2**20
+    budget = None if budget is None else int(budget * 2**20)
     total_bytes = train_cs.prepared_bytes(dtype) + val_cs.prepared_bytes(dtype)
     if stream is None:
         stream = budget is not None and total_bytes > budget
@@ -349,6 +348,9 @@ def train(cfg, folders, paths, progress=True, stream=None):
         }
 
     start = epochs_done
+    initial_val = set_loss(model, val_store, val_bs) if start == 0 and start < end else math.nan
+    if math.isfinite(initial_val):
+        print(f"validation loss before training: {initial_val}")
     epoch_seconds = []
     try:
         for epoch in range(start, end):
@@ -442,7 +444,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
     print(f"model: {paths.model} ({info['selection']} epoch {info['epoch']}, validation loss {info['val_loss']})")
     return {
         "info": info, "history": history, "epochs_done": epochs_done, "streamed": bool(stream),
-        "epoch_seconds": epoch_seconds,
+        "epoch_seconds": epoch_seconds, "initial_val_loss": initial_val,
     }  # fmt: skip
 
 

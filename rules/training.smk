@@ -1,4 +1,13 @@
-from potflow.train import training_config
+# The sections a fit depends on (its params): editing md, outfile or test_sets keeps the fit.
+TRAINING_SECTIONS = (
+    "bispectrum",
+    "calculator",
+    "reference",
+    "descriptors",
+    "eshift",
+    "groups",
+    "pytorch",
+)
 
 
 rule train:
@@ -23,8 +32,7 @@ rule train:
         gpu=POTFLOW["resources"]["train_gpus"],
         mem_mb=lambda w: 1500 + (FITS[w.fit]["pytorch"]["memory_budget_mb"] or 8000),
     params:
-        # only the sections training depends on: editing md, outfile or test_sets keeps the fit
-        config=lambda w: training_config(FITS[w.fit]),
+        config=lambda w: {k: FITS[w.fit][k] for k in TRAINING_SECTIONS},
         resume=lambda w: f"{fit_dir(w.fit)}/resume.pt",
     script:
         "../workflow_scripts/train.py"
