@@ -10,10 +10,17 @@ the validation loss is L over all validation configurations, computed without a 
 Files: ``model`` (the one selected model: best validation epoch by default, ``model_selection``),
 ``checkpoint`` (``save_state_output``: state dicts only, never a pickled object), ``loss``
 (loss_vs_epochs.dat: epoch, train, validation), ``split`` (split.tsv). While a fit runs, its state
-is written every ``save_freq`` epochs to ``resume`` (atomically); a rerun with the same settings
-continues from there and the file is removed when the fit ends. ``save_state_input`` starts
-from a checkpoint: with ``num_epochs: 1``, or when it already has ``num_epochs`` epochs, the
-loaded model is evaluated and written out without training.
+is written atomically every ``save_freq`` epochs to ``resume`` (to ``checkpoint`` when there is
+no resume path); a rerun with the same settings continues from there, and the file is removed
+when the fit ends (Snakemake deletes a job's declared outputs before rerunning it, so the resume
+state must not be one of them).
+
+``save_state_input`` restarts from a checkpoint: its weights, optimiser, schedule, random
+streams and loss history, continuing to ``num_epochs`` epochs in all (CPU runs end exactly where
+an uninterrupted run ends). With ``num_epochs: 1`` (FitSNAP's way of asking for errors of an
+existing model), or when the checkpoint already has ``num_epochs`` epochs, the loaded model is
+evaluated and written out without training. A potflow model file (model.pt) also works as
+``save_state_input``: weights and standardisation only, with a fresh optimiser.
 """
 
 import contextlib
@@ -220,7 +227,6 @@ def train(cfg, folders, paths, progress=True, stream=None):
         raise PotflowInputError(
             "config", f"config field 'pytorch.batch_size': {bs} is larger than the training set ({len(train_cs)} configurations)"
         )
-    data.write_split(paths.split)
     for note in data.notes:
         print(note)
 
@@ -278,7 +284,8 @@ def train(cfg, folders, paths, progress=True, stream=None):
         epochs_done = int(state.get("info", {}).get("epochs_trained", 0))
     model.to(device=device, dtype=dtype)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg["learning_rate"])
+    # the fused step is one kernel per step (much less Python overhead at small batches)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg["learning_rate"], fused=True)
     scheduler = make_scheduler(optimizer, cfg)
     shuffle = torch.Generator().manual_seed(seed)
     if state is not None and state["format"] == CHECKPOINT_FORMAT:
@@ -352,6 +359,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
     if math.isfinite(initial_val):
         print(f"validation loss before training: {initial_val}")
     epoch_seconds = []
+    periodic = paths.resume if paths.resume is not None else paths.checkpoint
     try:
         for epoch in range(start, end):
             t0 = time.perf_counter()
@@ -396,8 +404,8 @@ def train(cfg, folders, paths, progress=True, stream=None):
                     scheduler.step()
             patience = tcfg["early_stopping_patience"]
             stopped = bool(patience and has_val and bad_epochs >= patience)
-            if paths.resume is not None and (epochs_done % save_freq == 0 or stopped or epochs_done == end):
-                write_checkpoint(paths.resume, record())
+            if epochs_done % save_freq == 0 or stopped or epochs_done == end:
+                write_checkpoint(periodic, record())
             seconds = time.perf_counter() - t0
             epoch_seconds[-1] = seconds
             screen.lines(
@@ -438,6 +446,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
     model.load_state_dict(last_state)
     write_checkpoint(paths.checkpoint, record())
     write_loss_file(paths.loss, history)
+    data.write_split(paths.split)
     if paths.resume is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(paths.resume)

@@ -313,6 +313,13 @@ def test_num_epochs_1_with_save_state_input_evaluates_without_training(ta, tmp_p
     b, info = load_model(tmp_path / "ev" / "model.pt")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert info["source"] == str(tmp_path / "start.pt")
+    # the selected model file itself works too (weights and standardisation)
+    res = train(
+        with_pytorch(cfg, num_epochs=1, save_state_input=str(tmp_path / "fit" / "model.pt")), folders,
+        paths(tmp_path / "ev2"), progress=False,
+    )  # fmt: skip
+    c, _ = load_model(tmp_path / "ev2" / "model.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
 
 
 def test_streaming_gives_the_same_fit_as_memory(ta, tmp_path):
