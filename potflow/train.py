@@ -436,6 +436,8 @@ def train(cfg, folders, paths, progress=True, stream=None):
     if selection == "best" and best is not None:
         model.load_state_dict(best["state_dict"])
         info.update(selection="best", epoch=int(best["epoch"]))
+    elif state is not None and state["format"] != CHECKPOINT_FORMAT and epochs_done == start:
+        info.update(selection="loaded", epoch=int(history[-1][0]))  # a model file, evaluated as it is
     else:
         info.update(selection="last", epoch=int(history[-1][0]))
         if selection == "best":

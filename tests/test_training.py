@@ -318,7 +318,8 @@ def test_num_epochs_1_with_save_state_input_evaluates_without_training(ta, tmp_p
         with_pytorch(cfg, num_epochs=1, save_state_input=str(tmp_path / "fit" / "model.pt")), folders,
         paths(tmp_path / "ev2"), progress=False,
     )  # fmt: skip
-    c, _ = load_model(tmp_path / "ev2" / "model.pt")
+    c, info = load_model(tmp_path / "ev2" / "model.pt")
+    assert info["selection"] == "loaded"
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
 
 
