@@ -254,6 +254,7 @@ class ConfigSet:
                 mean[e] += delta * nb / n
                 m2[e] += m2b + delta**2 * count[e] * nb / n
                 count[e] = n
+        self.data.release_pages()
         return count, mean, m2
 
     def element_counts(self):
@@ -443,6 +444,7 @@ class MemoryStore:
         self.cs = cs
         self.set = cs.prepare(shift, scale, option, dtype, device)
         self.has_forces = self.set.has_forces
+        cs.data.release_pages()  # the prepared copy is all that stays resident
 
     def __len__(self):
         return len(self.cs)

@@ -88,6 +88,13 @@ def set_loss(model, store, batch_size=None):
     return total.item() / len(store)
 
 
+def big_batch(store, at_least):
+    """Configurations per batch that fill a streamed chunk (for graph-free evaluation)."""
+    if store is None or not len(store):
+        return at_least
+    return max(at_least, int(store.chunk_bytes // max(1, int(store.config_bytes.max()))))
+
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -312,7 +319,8 @@ def train(cfg, folders, paths, progress=True, stream=None):
     option = model.option
     train_store = make_store(train_cs, shift, scale, option, dtype, device, share, stream)
     val_store = make_store(val_cs, shift, scale, option, dtype, device, share, stream) if len(val_cs) else None
-    val_bs = len(val_cs) if not stream else bs
+    # no graph in validation: big batches, as many configurations as a streamed chunk holds
+    val_bs = len(val_cs) if not stream else big_batch(val_store, bs)
 
     num_epochs = tcfg["num_epochs"]
     end = epochs_done if (loaded_input and num_epochs == 1) else max(num_epochs, epochs_done)
@@ -423,7 +431,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
     if epochs_done == start:
         # nothing was trained: evaluate the loaded model as it is
         train_eval = make_store(train_cs, shift, scale, option, dtype, device, share, stream)
-        evaluated = (set_loss(model, train_eval, bs if stream else None), set_loss(model, val_store, val_bs))
+        evaluated = (set_loss(model, train_eval, big_batch(train_eval, bs) if stream else None), set_loss(model, val_store, val_bs))
         print(f"evaluation of {source} (no training): train/val loss: {evaluated[0]} {evaluated[1]}")
         if not history:
             history = [[float(max(epochs_done - 1, 0)), evaluated[0], evaluated[1]]]
