@@ -188,6 +188,40 @@ def _clean_stale_temporaries(path):
             tmp.unlink()
 
 
+def start_state(cfg, model, resume, run_hash):
+    """(record or None, source, from save_state_input): where a fit starts.
+
+    A resume state of the same fit (same run hash) wins; a resume state of other settings is
+    ignored; then ``save_state_input``; else a new model.
+    """
+    tcfg = cfg["pytorch"]
+    if resume is not None:
+        _clean_stale_temporaries(resume)
+        if Path(resume).exists():
+            try:
+                rec = read_checkpoint(resume)
+            except PotflowInputError as exc:
+                print(f"ignoring resume state: {exc}")
+                rec = None
+            if rec is not None and rec.get("run_hash") == run_hash:
+                check_compatible(rec, cfg, model, resume)
+                return rec, f"resume state {resume}", False
+            if rec is not None:
+                print(f"ignoring resume state {resume}: it belongs to a fit with other settings")
+    if tcfg["save_state_input"]:
+        where = f"config pytorch.save_state_input ({tcfg['save_state_input']})"
+        path = Path(tcfg["save_state_input"])
+        if not path.exists():
+            raise PotflowInputError(
+                where, "file does not exist (a rule's own outputs are removed before it runs: "
+                "copy a checkpoint elsewhere to start from it)"
+            )
+        rec = read_checkpoint(path, where)
+        check_compatible(rec, cfg, model, where)
+        return rec, str(path), True
+    return None, "new", False
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -246,33 +280,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
     model_hash = settings_hash(model_settings(cfg, model))
     run_hash = settings_hash(run_settings(cfg, [g.name for g in data.groups]))
 
-    state, source = None, "new"
-    if paths.resume is not None:
-        _clean_stale_temporaries(paths.resume)
-        if Path(paths.resume).exists():
-            try:
-                rec = read_checkpoint(paths.resume)
-            except PotflowInputError as exc:
-                print(f"ignoring resume state: {exc}")
-                rec = None
-            if rec is not None and rec.get("run_hash") == run_hash:
-                check_compatible(rec, cfg, model, paths.resume)
-                state, source = rec, f"resume state {paths.resume}"
-            elif rec is not None:
-                print(f"ignoring resume state {paths.resume}: it belongs to a fit with other settings")
-    loaded_input = False
-    if state is None and tcfg["save_state_input"]:
-        where = f"config pytorch.save_state_input ({tcfg['save_state_input']})"
-        path = Path(tcfg["save_state_input"])
-        if not path.exists():
-            raise PotflowInputError(
-                where, "file does not exist (a rule's own outputs are removed before it runs: "
-                "copy a checkpoint elsewhere to start from it)"
-            )
-        state = read_checkpoint(path, where)
-        check_compatible(state, cfg, model, where)
-        source, loaded_input = str(path), True
-
+    state, source, loaded_input = start_state(cfg, model, paths.resume, run_hash)
     epochs_done, history, best = 0, [], None
     bad_epochs, stopped = 0, False
     if state is None:
@@ -393,7 +401,6 @@ def train(cfg, folders, paths, progress=True, stream=None):
                 )
             val_loss = set_loss(model, val_store, val_bs)
             history.append([float(epoch), train_loss, val_loss])
-            epoch_seconds.append(None)
             epochs_done = epoch + 1
             if has_val and val_loss < best_val:
                 best_val, bad_epochs = val_loss, 0
@@ -415,7 +422,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
             if epochs_done % save_freq == 0 or stopped or epochs_done == end:
                 write_checkpoint(periodic, record())
             seconds = time.perf_counter() - t0
-            epoch_seconds[-1] = seconds
+            epoch_seconds.append(seconds)
             screen.lines(
                 f"----- epoch: {epoch}",
                 f"Batch averaged train/val loss: {train_loss} {val_loss}",
@@ -448,7 +455,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
         info.update(selection="loaded", epoch=int(history[-1][0]))  # a model file, evaluated as it is
     else:
         info.update(selection="last", epoch=int(history[-1][0]))
-        if selection == "best":
+        if selection == "best" and not has_val:
             info["note"] = "no validation configurations: the last epoch is used"
     row = rows.get(info["epoch"], [info["epoch"], math.nan, math.nan])
     info.update(train_loss=float(row[1]), val_loss=float(row[2]))
