@@ -293,9 +293,8 @@ class ConfigSet:
         return int(self.config_bytes(dtype).sum())
 
     def prepare(self, shift, scale, option, dtype, device, order=None):
-        """PreparedSet of these configurations (in ``order`` positions of this set when given)."""
-        sel = np.arange(len(self.ids)) if order is None else np.asarray(order)
-        sub = self if order is None else ConfigSet(self.data, self.ids[sel])
+        """PreparedSet of these configurations, or of those at positions ``order`` in this set."""
+        sub = self if order is None else ConfigSet(self.data, self.ids[np.asarray(order)])
         return PreparedSet(sub, shift, scale, option, dtype, device)
 
 
