@@ -220,7 +220,7 @@ class ConfigSet:
     def n_rows(self):
         return int(self.nrows.sum())
 
-    def pieces(self, max_rows=2_000_000):
+    def pieces(self, max_rows=250_000):
         """(group, local config ids, positions in this set), one group at a time in file order.
 
         A piece reads at most about ``max_rows`` gradient rows and atoms, so reading the set
@@ -370,8 +370,11 @@ class PreparedSet:
             self.row_j[rdst] = idx[:, 1] + shift_rows
             self.row_a[rdst] = idx[:, 2]
             # F_j^a = -sum_i dE/dB_i . dB_i/dR_j^a and dE/dB = dE/dx / scale
-            gv = np.asarray(g.arrays["grad_values"][rows], dtype=np.float64) / -scale[self.types[gi]]
+            gv = np.asarray(g.arrays["grad_values"][rows], dtype=np.float64)
+            gv /= -scale[self.types[gi]]
             grad[torch.from_numpy(rdst)] = torch.from_numpy(gv).to(dtype)
+            del gv
+            g.release_pages()  # keep only the prepared copy resident
         self.x = x.to(self.device)
         self.grad = grad.to(self.device)
         self.force = force.to(self.device)
