@@ -22,6 +22,8 @@ wildcard_constraints:
 
 include: "rules/data.smk"
 include: "rules/descriptors.smk"
+include: "rules/export.smk"
+include: "rules/md.smk"
 
 
 rule all:

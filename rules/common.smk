@@ -41,5 +41,24 @@ def fit_descriptor_dirs(wildcards):
     return [descriptor_dir(g, pfconfig.descriptor_key(cfg)) for g in GROUPS]
 
 
+def exported(fit, suffix):
+    """An exported LAMMPS/TorchScript file of a fit (suffix .mod, .mliap.model, ...)."""
+    return f"{fit_dir(fit)}/lammps/{FITS[fit]['outfile']['potential']}{suffix}"
+
+
+def md_potential_files(wildcards):
+    """The exported files the MD validation of a fit runs."""
+    return {
+        "include": exported(wildcards.fit, ".mod"),
+        "network": exported(wildcards.fit, ".mliap.model"),
+        "descriptor": exported(wildcards.fit, ".mliap.descriptor"),
+    }
+
+
 def all_targets():
-    return [descriptor_dir(g) for g in GROUPS]
+    targets = [descriptor_dir(g) for g in GROUPS]
+    targets += [exported(fit, ".export.json") for fit in FITS]
+    targets += [
+        f"{fit_dir(f)}/md/summary.json" for f, c in FITS.items() if c["md"]["enabled"]
+    ]
+    return targets
