@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,9 @@ def lammps_network(model, duplicate_sets=()):
     net = LammpsNetwork(list(m.elements), m.activation, shift, scale, weights, biases)
     arrays = [shift, scale, *weights, *biases]
     if not all(np.isfinite(a).all() for a in arrays):
-        raise PotflowInputError("model", "weights or standardisation contain NaN or inf; nothing exported")
+        raise PotflowInputError(
+            "model", "weights or standardisation contain NaN or inf; nothing exported"
+        )
     if (scale == 0).any():
         raise PotflowInputError("model", "a descriptor scale is zero; nothing exported")
     return net
@@ -184,7 +187,9 @@ def format_model_file(net, comment=""):
     arch = " ".join(f"{a} {n}" for a, n in zip(net.activations, net.layer_sizes, strict=True))
     lines.append(f"NET {net.num_desc} {len(net.weights)} {arch}")
     for e, element in enumerate(net.elements):
-        lines.append(f"# element {element}: {net.num_desc} shifts, {net.num_desc} scales, {net.nparams} weights")
+        lines.append(
+            f"# element {element}: {net.num_desc} shifts, {net.num_desc} scales, {net.nparams} weights"
+        )
         lines += _number_lines(net.shift[e])
         lines += _number_lines(net.scale[e])
         for w, b in zip(net.weights, net.biases, strict=True):
@@ -226,7 +231,9 @@ def read_model_file(path, elements=None):
     acts, sizes = head[3::2], [int(n) for n in head[4::2]]
     for act in acts:
         if act not in LAMMPS_ACTIVATIONS:
-            bad(f"line {lineno}: activation '{act}' is not one LAMMPS knows (it would run as linear)")
+            bad(
+                f"line {lineno}: activation '{act}' is not one LAMMPS knows (it would run as linear)"
+            )
     if sizes[-1] != 1 or acts[-1] != "linear":
         bad(f"line {lineno}: the last layer must be 'linear 1'")
     if len(set(acts[:-1])) > 1:
@@ -328,7 +335,8 @@ def reference_terms(cfg, where="config"):
     style, args = words[0], words[1:]
     if style == "hybrid/scaled":
         raise PotflowInputError(
-            where, "config field 'reference.pair_style': hybrid/scaled cannot be exported; use hybrid/overlay"
+            where,
+            "config field 'reference.pair_style': hybrid/scaled cannot be exported; use hybrid/overlay",
         )
     if style in ("hybrid", "hybrid/overlay"):
         known = pair_style_names()
@@ -342,7 +350,9 @@ def reference_terms(cfg, where="config"):
         for line in ref["pair_coeff"]:
             parts = line.split()
             if len(parts) < 3:
-                raise PotflowInputError(where, f"config field 'reference.pair_coeff': '{line}' names no sub-style")
+                raise PotflowInputError(
+                    where, f"config field 'reference.pair_coeff': '{line}' names no sub-style"
+                )
             if parts[2] not in PLACEHOLDER_STYLES:
                 coeffs.append(line.strip())
     else:
@@ -404,7 +414,9 @@ def format_include(cfg, name):
         f"# ${{{DIR_VARIABLE}}} (default: the current directory); set it with -var {DIR_VARIABLE} DIR.",
         f"variable {DIR_VARIABLE} index .",
     ]
-    body = pair_commands(cfg, f"{d}/{name}{SUFFIXES['model']}", f"{d}/{name}{SUFFIXES['descriptor']}")
+    body = pair_commands(
+        cfg, f"{d}/{name}{SUFFIXES['model']}", f"{d}/{name}{SUFFIXES['descriptor']}"
+    )
     return "\n".join(head + body + mass_commands(elements)) + "\n"
 
 
@@ -444,7 +456,8 @@ class PerAtomEnergy(nn.Module):
         self.register_buffer("shift", torch.as_tensor(net.shift, dtype=torch.float64))
         self.register_buffer("scale", torch.as_tensor(net.scale, dtype=torch.float64))
         self.layers = nn.ModuleList(
-            _ElementLayer(w, b, act) for w, b, act in zip(net.weights, net.biases, net.activations, strict=True)
+            _ElementLayer(w, b, act)
+            for w, b, act in zip(net.weights, net.biases, net.activations, strict=True)
         )
 
     def forward(self, descriptors: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
@@ -460,9 +473,15 @@ class PerAtomEnergy(nn.Module):
 
 
 def save_torchscript(path, net, record):
-    module = torch.jit.script(PerAtomEnergy(net))
-    with atomic_path(path) as tmp:
-        torch.jit.save(module, str(tmp), _extra_files={"potflow.json": json.dumps(record, default=str)})
+    """TorchScript of the exported network; ``torch.jit.load`` needs no potflow (no pickled classes)."""
+    with warnings.catch_warnings():
+        # torch 2.13 marks TorchScript deprecated; it is still what torch.jit.load reads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.script(PerAtomEnergy(net))
+        with atomic_path(path) as tmp:
+            torch.jit.save(
+                module, str(tmp), _extra_files={"potflow.json": json.dumps(record, default=str)}
+            )
 
 
 # ------------------------------------------------------------- single points
@@ -503,9 +522,13 @@ def lammps_single_point(commands, positions, cell, pbc, types, n_types):
         T = _create_cell(lmp, positions, cell, pbc, types, n_types)
         for command in commands:
             lmp.command(command)
-        lmp.commands_string("compute peatom all pe/atom\nthermo_style custom step pe\nrun 0 post no")
+        lmp.commands_string(
+            "compute peatom all pe/atom\nthermo_style custom step pe\nrun 0 post no"
+        )
         order = np.argsort(np.array(lmp.numpy.extract_atom("id")[: len(types)]))
-        energies = np.array(lmp.numpy.extract_compute("peatom", LMP_STYLE_ATOM, LMP_TYPE_VECTOR))[order]
+        energies = np.array(lmp.numpy.extract_compute("peatom", LMP_STYLE_ATOM, LMP_TYPE_VECTOR))[
+            order
+        ]
         forces = np.array(lmp.numpy.extract_atom("f")[: len(types)])[order] @ T
         return {"energy": float(lmp.get_thermo("pe")), "energies": energies, "forces": forces}
     finally:
@@ -548,7 +571,10 @@ def torch_single_point(model, cfg, positions, cell, pbc, types, calc=None):
 def include_commands(paths):
     """Commands that load an exported potential from its files, wherever they are."""
     directory = str(Path(paths["include"]).resolve().parent)
-    return [f"variable {DIR_VARIABLE} index {directory}", f"include {Path(paths['include']).resolve()}"]
+    return [
+        f"variable {DIR_VARIABLE} index {directory}",
+        f"include {Path(paths['include']).resolve()}",
+    ]
 
 
 def probe_structure(cfg, seed=0):
@@ -569,11 +595,15 @@ def check_export(model, cfg, paths, tolerance=1e-8):
     """LAMMPS running the exported files reproduces the torch model on a probe cell."""
     positions, cell, pbc, types = probe_structure(cfg)
     ref = torch_single_point(copy.deepcopy(model).double(), cfg, positions, cell, pbc, types)
-    got = lammps_single_point(include_commands(paths), positions, cell, pbc, types, len(cfg["bispectrum"]["type"]))
+    got = lammps_single_point(
+        include_commands(paths), positions, cell, pbc, types, len(cfg["bispectrum"]["type"])
+    )
     de = abs(got["energy"] - ref["energy"]) / len(types)
     df = float(np.abs(got["forces"] - ref["forces"]).max())
     scale = max(1.0, float(np.abs(ref["forces"]).max()))
-    if not (de <= tolerance * max(1.0, abs(ref["energy"]) / len(types)) and df <= tolerance * scale):
+    if not (
+        de <= tolerance * max(1.0, abs(ref["energy"]) / len(types)) and df <= tolerance * scale
+    ):
         raise PotflowInputError(
             paths["model"],
             f"LAMMPS does not reproduce the torch model (energy {de:.3g} eV/atom, force {df:.3g} eV/A apart)",
@@ -595,7 +625,8 @@ def export_model(model, cfg, out_dir, name, model_file=None, info=None, check=Tr
     elements = list(cfg["bispectrum"]["type"])
     if list(model.elements) != elements:
         raise PotflowInputError(
-            model_file or "model", f"model elements {model.elements} differ from config bispectrum.type {elements}"
+            model_file or "model",
+            f"model elements {model.elements} differ from config bispectrum.type {elements}",
         )
     bis = cfg["bispectrum"]
     dups = duplicate_descriptor_sets(bis["twojmax"], len(elements)) if bis["chemflag"] else []
@@ -603,7 +634,9 @@ def export_model(model, cfg, out_dir, name, model_file=None, info=None, check=Tr
 
     K = num_descriptors(bis["twojmax"], bis["chemflag"], len(elements))
     if model.num_desc != K:
-        raise PotflowInputError(model_file or "model", f"model has {model.num_desc} descriptors, the config gives {K}")
+        raise PotflowInputError(
+            model_file or "model", f"model has {model.num_desc} descriptors, the config gives {K}"
+        )
     net = lammps_network(model, dups)
     paths = export_paths(out_dir, name)
     record = {
@@ -617,7 +650,9 @@ def export_model(model, cfg, out_dir, name, model_file=None, info=None, check=Tr
         "nparams_per_element": net.nparams,
         "chemflag_duplicate_sets": len(dups),
         "files": {k: p.name for k, p in paths.items()},
-        "pair_commands": pair_commands(cfg, f"{name}{SUFFIXES['model']}", f"{name}{SUFFIXES['descriptor']}"),
+        "pair_commands": pair_commands(
+            cfg, f"{name}{SUFFIXES['model']}", f"{name}{SUFFIXES['descriptor']}"
+        ),
     }
     comment = (
         f"potflow potential '{name}': elements {' '.join(elements)}, multi_element_option {model.option}\n"
@@ -625,7 +660,11 @@ def export_model(model, cfg, out_dir, name, model_file=None, info=None, check=Tr
     )
     write_text(paths["model"], format_model_file(net, comment))
     back = read_model_file(paths["model"], elements)
-    for a, b in zip([net.shift, net.scale, *net.weights, *net.biases], [back.shift, back.scale, *back.weights, *back.biases], strict=True):
+    for a, b in zip(
+        [net.shift, net.scale, *net.weights, *net.biases],
+        [back.shift, back.scale, *back.weights, *back.biases],
+        strict=True,
+    ):
         if not np.array_equal(a, b):
             raise RuntimeError(f"{paths['model']}: the written file does not read back bit for bit")
     write_text(paths["descriptor"], format_descriptor_file(cfg))
@@ -647,4 +686,6 @@ def export_model_file(model_file, cfg, out_dir, name):
 
 def _plain(obj):
     """JSON-safe copy of a model's info (tensors become numbers or lists)."""
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    return json.loads(
+        json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    )

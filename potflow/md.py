@@ -10,6 +10,7 @@ being finite, or the drift exceeds ``md.drift_bound``.
 import copy
 import json
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +20,15 @@ import numpy as np
 from potflow.errors import PotflowInputError
 from potflow.fileio import atomic_path, write_json, write_text
 
-THERMO_COLUMNS = ["step", "time_ps", "temperature_K", "potential_eV", "kinetic_eV", "total_eV", "pressure_bar"]
+THERMO_COLUMNS = [
+    "step",
+    "time_ps",
+    "temperature_K",
+    "potential_eV",
+    "kinetic_eV",
+    "total_eV",
+    "pressure_bar",
+]
 _THERMO_KEYWORDS = ["step", "time", "temp", "pe", "ke", "etotal", "press"]
 
 
@@ -38,7 +47,9 @@ def replicate_to(atoms, min_atoms):
     cell = atoms.cell
     volume = abs(cell.volume)
     # height of the cell perpendicular to each face: grow the thinnest one first
-    heights = [volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
+    heights = [
+        volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)
+    ]
     while len(atoms) * math.prod(reps) < min_atoms:
         i = min((i for i in range(3) if atoms.pbc[i]), key=lambda i: heights[i] * reps[i])
         reps[i] += 1
@@ -57,7 +68,8 @@ def training_structure(split_tsv, data_files, config_index, min_atoms):
     train = split[split["set"] == "train"].reset_index(drop=True)
     if config_index >= len(train):
         raise PotflowInputError(
-            split_tsv, f"config field 'md.config_index' is {config_index} but there are {len(train)} training configurations"
+            split_tsv,
+            f"config field 'md.config_index' is {config_index} but there are {len(train)} training configurations",
         )
     row = train.iloc[config_index]
     group, index = str(row["group"]), int(row["index"])
@@ -65,7 +77,12 @@ def training_structure(split_tsv, data_files, config_index, min_atoms):
     if group not in files:
         raise PotflowInputError(split_tsv, f"group '{group}' has no imported data file")
     conf = list(iter_configs(load_group(files[group])))[index]
-    atoms = Atoms(symbols=list(conf["symbols"]), positions=conf["positions"], cell=conf["cell"], pbc=conf["pbc"])
+    atoms = Atoms(
+        symbols=list(conf["symbols"]),
+        positions=conf["positions"],
+        cell=conf["cell"],
+        pbc=conf["pbc"],
+    )
     atoms.info["source"] = f"training configuration {config_index}: group {group}, {conf['file']}"
     return replicate_to(atoms, min_atoms)
 
@@ -83,7 +100,9 @@ def lattice_structure(md, element):
     else:
         atoms = bulk(element, kind, a=a, cubic=True)
     atoms = atoms.repeat(md["supercell"])
-    atoms.info["source"] = f"{kind} {element} a={a} A, supercell {'x'.join(map(str, md['supercell']))}"
+    atoms.info["source"] = (
+        f"{kind} {element} a={a} A, supercell {'x'.join(map(str, md['supercell']))}"
+    )
     return atoms
 
 
@@ -94,7 +113,9 @@ def md_structure(cfg, split_tsv=None, data_files=()):
         return training_structure(split_tsv, data_files, md["config_index"], md["min_atoms"])
     if md["structure"] == "lattice":
         return lattice_structure(md, cfg["bispectrum"]["type"][0])
-    raise PotflowInputError("config", f"config field 'md.structure': '{md['structure']}' is not training or lattice")
+    raise PotflowInputError(
+        "config", f"config field 'md.structure': '{md['structure']}' is not training or lattice"
+    )
 
 
 # ------------------------------------------------------------------ the run
@@ -105,8 +126,12 @@ def _fail(log_file, msg):
 
 
 def _lammps_error(exc):
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+    """The ERROR line of a LAMMPS exception, without the source location."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    line = next(
+        (ln for ln in lines if ln.startswith("ERROR")), lines[0] if lines else type(exc).__name__
+    )
+    return re.sub(r"\s*\(src/[^)]*\)$", "", line.removeprefix("ERROR:").strip())
 
 
 def _snapshot(lmp, natoms):
@@ -174,7 +199,9 @@ def run_nve(setup_commands, atoms, elements, md, log_file, workdir, on_snapshot=
             for command in setup_commands:
                 lmp.command(command)
             if md["temperature"] > 0:
-                lmp.command(f"velocity all create {md['temperature']!r} {md['seed']} mom yes rot no dist gaussian")
+                lmp.command(
+                    f"velocity all create {md['temperature']!r} {md['seed']} mom yes rot no dist gaussian"
+                )
             lmp.commands_string(
                 f"""timestep {md["timestep"]!r}
 fix nve all nve
@@ -192,16 +219,23 @@ fix thermo_table all print {md["thermo_every"]} "{fmt}" file {raw} screen no tit
             try:
                 lmp.command(f"run {stop - done}")
             except Exception as exc:
-                _fail(log_file, f"LAMMPS stopped between steps {done} and {stop}: {_lammps_error(exc)}")
+                _fail(
+                    log_file,
+                    f"LAMMPS stopped between steps {done} and {stop}: {_lammps_error(exc)}",
+                )
             done = stop
             if lmp.get_natoms() != natoms:
-                _fail(log_file, f"lost atoms: {natoms - lmp.get_natoms()} of {natoms} by step {done}")
+                _fail(
+                    log_file, f"lost atoms: {natoms - lmp.get_natoms()} of {natoms} by step {done}"
+                )
             table = read_thermo(raw)
             values = table[THERMO_COLUMNS[1:]].to_numpy()
             if not np.isfinite(values).all():
                 step = int(table["step"][~np.isfinite(values).all(axis=1)].iloc[0])
                 _fail(log_file, f"energies or temperature not finite at step {step}")
-            if on_snapshot is not None and stop in snapshot_steps(md["steps"], md["check_snapshots"]):
+            if on_snapshot is not None and stop in snapshot_steps(
+                md["steps"], md["check_snapshots"]
+            ):
                 snap = _snapshot(lmp, natoms)
                 snap["step"] = stop
                 snapshots.append(on_snapshot(snap))
@@ -219,7 +253,9 @@ def force_checker(model, cfg):
     calc = SnapCalculator(cfg)
 
     def check(snap):
-        ref = torch_single_point(model64, cfg, snap["positions"], snap["cell"], snap["pbc"], snap["types"], calc)
+        ref = torch_single_point(
+            model64, cfg, snap["positions"], snap["cell"], snap["pbc"], snap["types"], calc
+        )
         n = len(snap["types"])
         return {
             "step": snap["step"],
@@ -289,7 +325,9 @@ def validate_md(cfg, model, setup_commands, atoms, outputs, log_file):
     t0 = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="potflow-md-") as workdir:
-            table, snapshots = run_nve(setup_commands, atoms, elements, md, log_file, workdir, checker)
+            table, snapshots = run_nve(
+                setup_commands, atoms, elements, md, log_file, workdir, checker
+            )
     finally:
         if checker is not None:
             checker.close()
@@ -312,13 +350,18 @@ def validate_md(cfg, model, setup_commands, atoms, outputs, log_file):
         "total_energy_range_eV_per_atom": float(np.ptp(table["total_eV"]) / natoms),
         "snapshots": snapshots,
         "max_force_difference": max((s["max_force_difference"] for s in snapshots), default=None),
-        "max_energy_difference_per_atom": max((s["energy_difference_per_atom"] for s in snapshots), default=None),
+        "max_energy_difference_per_atom": max(
+            (s["energy_difference_per_atom"] for s in snapshots), default=None
+        ),
         "seconds": seconds,
         "ns_per_day": duration / 1000 / max(seconds, 1e-9) * 86400,
     }
     print(summary_text(summary), end="")
     if not summary["drift_ok"]:
-        _fail(log_file, f"energy drift {drift:.3e} eV/atom/ps exceeds md.drift_bound {md['drift_bound']:.1e}")
+        _fail(
+            log_file,
+            f"energy drift {drift:.3e} eV/atom/ps exceeds md.drift_bound {md['drift_bound']:.1e}",
+        )
     with atomic_path(outputs["thermo"]) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.12g")
     plot_run(table, natoms, outputs["plot"], f"NVE, {natoms} atoms, drift {drift:.2e} eV/atom/ps")
@@ -327,11 +370,15 @@ def validate_md(cfg, model, setup_commands, atoms, outputs, log_file):
     return summary
 
 
-def validate_exported(cfg, model_file, include_file, outputs, log_file, split_tsv=None, data_files=()):
+def validate_exported(
+    cfg, model_file, include_file, outputs, log_file, split_tsv=None, data_files=()
+):
     """The rule's entry point: model file + exported .mod -> MD validation outputs."""
     from potflow.export import include_commands
     from potflow.model import load_model
 
     model, _ = load_model(model_file)
     atoms = md_structure(cfg, split_tsv, data_files)
-    return validate_md(cfg, model, include_commands({"include": include_file}), atoms, outputs, log_file)
+    return validate_md(
+        cfg, model, include_commands({"include": include_file}), atoms, outputs, log_file
+    )
