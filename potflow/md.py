@@ -190,6 +190,7 @@ def run_nve(setup_commands, atoms, elements, md, log_file, workdir, on_snapshot=
     raw = workdir / "thermo.raw"
     natoms = len(atoms)
     types = np.array([elements.index(s) for s in atoms.get_chemical_symbols()])
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     lmp = open_lammps(log_file=log_file)
     snapshots = []
     fmt = " ".join(f"$({k}:%.17g)" if k != "step" else "$(step)" for k in _THERMO_KEYWORDS)
@@ -272,18 +273,27 @@ def force_checker(model, cfg):
 
 
 def plot_run(table, natoms, path, title=""):
+    """Energies and temperature versus time; the middle panel magnifies the total energy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_e, ax_t) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 5.6))
-    t = table["time_ps"]
+    fig, (ax_e, ax_d, ax_t) = plt.subplots(3, 1, sharex=True, figsize=(6.4, 7.2))
+    t = table["time_ps"].to_numpy()
     e0 = table["total_eV"].iloc[0]
     ax_e.plot(t, (table["total_eV"] - e0) / natoms * 1e3, label="total")
     ax_e.plot(t, (table["potential_eV"] - e0) / natoms * 1e3, label="potential")
-    ax_e.set_ylabel("E - E_total(0) (meV/atom)")
+    ax_e.set_ylabel("E - E_total(0)\n(meV/atom)")
     ax_e.legend()
+    change = (table["total_eV"].to_numpy() - e0) / natoms * 1e6
+    ax_d.plot(t, change, color="C0", label="total")
+    drift = energy_drift(table, natoms)
+    if len(t) > 1:
+        fit = np.polyval(np.polyfit(t, change, 1), t)
+        ax_d.plot(t, fit, "k--", lw=1, label=f"linear fit: {drift:.2e} eV/atom/ps")
+    ax_d.set_ylabel("total energy change\n(micro-eV/atom)")
+    ax_d.legend(fontsize=8)
     ax_t.plot(t, table["temperature_K"], color="C3")
     ax_t.set_ylabel("temperature (K)")
     ax_t.set_xlabel("time (ps)")

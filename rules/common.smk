@@ -57,7 +57,12 @@ def md_potential_files(wildcards):
 
 def all_targets():
     targets = [descriptor_dir(g) for g in GROUPS]
-    targets += [exported(fit, ".export.json") for fit in FITS]
+    # LAMMPS runs only the activations it knows (config.py warns about the others)
+    targets += [
+        exported(f, ".export.json")
+        for f, c in FITS.items()
+        if c["pytorch"]["activation"] in pfconfig.LAMMPS_ACTIVATIONS
+    ]
     targets += [
         f"{fit_dir(f)}/md/summary.json" for f, c in FITS.items() if c["md"]["enabled"]
     ]

@@ -140,6 +140,17 @@ def test_lammps_reproduces_torch_model(system, option, zbl, shared_data, tmp_pat
     assert_lammps_matches_torch(model, cfg, ex.export_paths(tmp_path, "pot"), configs)
 
 
+@pytest.mark.parametrize(
+    "activation,hidden", [("tanh", ()), ("relu", (6, 5)), ("sigmoid", (6,)), ("linear", (4,))]
+)
+def test_every_lammps_activation_exports_exactly(activation, hidden, shared_data, tmp_path):
+    cfg = make_config("WBe", True)
+    model = random_model(cfg, 2, shared_data, hidden=hidden, activation=activation)
+    ex.export_model(model, cfg, tmp_path, "pot")
+    configs = read_configs(shared_data, SYSTEMS["WBe"]["held_out"], cfg["bispectrum"]["type"])
+    assert_lammps_matches_torch(model, cfg, ex.export_paths(tmp_path, "pot"), configs)
+
+
 @pytest.mark.parametrize("twojmax,nelements", [(2, 2), (4, 2), (2, 3)])
 def test_duplicate_sets_are_the_identical_columns(twojmax, nelements):
     """The combinatorial duplicate sets equal the columns LAMMPS computes as equal."""

@@ -280,3 +280,17 @@ def test_workflow_exports_and_validates(tmp_path, repo_root):
     assert "potflow error:" in res.stderr and "exceeds md.drift_bound" in res.stderr
     assert (fit / "md" / "log.lammps").exists()
     assert not (fit / "md" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "lattice,count", [("bcc", 54), ("fcc", 108), ("sc", 27), ("diamond", 216), ("hcp", 108)]
+)
+def test_lattice_structures(lattice, count):
+    cfg = ta_config(lattice=lattice)
+    atoms = pmd.md_structure(cfg)
+    assert len(atoms) == count and atoms.pbc.all()
+    assert set(atoms.get_chemical_symbols()) == {"Ta"}
+    from ase.neighborlist import neighbor_list
+
+    d = neighbor_list("d", atoms, 3.5)
+    assert d.min() > 1.4  # a real crystal, no overlapping atoms
