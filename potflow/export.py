@@ -24,6 +24,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -591,7 +593,7 @@ def probe_structure(cfg, seed=0):
     return positions, np.eye(3) * 2 * a, [True, True, True], types
 
 
-def check_export(model, cfg, paths, tolerance=1e-8):
+def check_export(model, cfg, paths, tolerance=1e-8, where=None):
     """LAMMPS running the exported files reproduces the torch model on a probe cell."""
     positions, cell, pbc, types = probe_structure(cfg)
     ref = torch_single_point(copy.deepcopy(model).double(), cfg, positions, cell, pbc, types)
@@ -605,7 +607,7 @@ def check_export(model, cfg, paths, tolerance=1e-8):
         de <= tolerance * max(1.0, abs(ref["energy"]) / len(types)) and df <= tolerance * scale
     ):
         raise PotflowInputError(
-            paths["model"],
+            where or paths["model"],
             f"LAMMPS does not reproduce the torch model (energy {de:.3g} eV/atom, force {df:.3g} eV/A apart)",
         )
     return {"energy_per_atom": de, "force": df}
@@ -658,21 +660,30 @@ def export_model(model, cfg, out_dir, name, model_file=None, info=None, check=Tr
         f"potflow potential '{name}': elements {' '.join(elements)}, multi_element_option {model.option}\n"
         f"from {Path(model_file).name if model_file else 'an in-memory model'}"
     )
-    write_text(paths["model"], format_model_file(net, comment))
-    back = read_model_file(paths["model"], elements)
-    for a, b in zip(
-        [net.shift, net.scale, *net.weights, *net.biases],
-        [back.shift, back.scale, *back.weights, *back.biases],
-        strict=True,
-    ):
-        if not np.array_equal(a, b):
-            raise RuntimeError(f"{paths['model']}: the written file does not read back bit for bit")
-    write_text(paths["descriptor"], format_descriptor_file(cfg))
-    write_text(paths["include"], format_include(cfg, name))
-    save_torchscript(paths["torchscript"], net, record)
-    if check:
-        record["self_check"] = check_export(model, cfg, paths)
-    write_json(paths["record"], record)
+    # Stage every file beside the destination; they replace it only after the self-check.
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out_dir) as tmp:
+        staged = export_paths(tmp, name)
+        write_text(staged["model"], format_model_file(net, comment))
+        back = read_model_file(staged["model"], elements)
+        for a, b in zip(
+            [net.shift, net.scale, *net.weights, *net.biases],
+            [back.shift, back.scale, *back.weights, *back.biases],
+            strict=True,
+        ):
+            if not np.array_equal(a, b):
+                raise RuntimeError(
+                    f"{paths['model']}: the written file does not read back bit for bit"
+                )
+        write_text(staged["descriptor"], format_descriptor_file(cfg))
+        write_text(staged["include"], format_include(cfg, name))
+        save_torchscript(staged["torchscript"], net, record)
+        if check:
+            record["self_check"] = check_export(model, cfg, staged, where=paths["model"])
+        write_json(staged["record"], record)
+        for key in SUFFIXES:  # the record last: its presence means a complete export
+            os.replace(staged[key], paths[key])
     return record
 
 

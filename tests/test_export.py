@@ -466,3 +466,16 @@ def test_export_records_the_exported_model_file(shared_data, tmp_path):
     assert set(saved["files"].values()) == {p.name for p in (tmp_path / "lammps").iterdir()}
     loaded, _ = load_model(model_file)
     assert torch.equal(loaded.shift, model.shift)
+
+
+def test_export_that_lammps_does_not_reproduce_is_refused_whole(shared_data, tmp_path, monkeypatch):
+    """The self-check catches a mismatch (here a wrong descriptor flag); nothing is left behind."""
+    cfg = make_config("Ta", False)
+    model = random_model(cfg, 1, shared_data, hidden=(4,))
+    good = ex.format_descriptor_file
+    monkeypatch.setattr(
+        ex, "format_descriptor_file", lambda c: good(c).replace("bzeroflag 1", "bzeroflag 0")
+    )
+    with pytest.raises(PotflowInputError, match="LAMMPS does not reproduce the torch model"):
+        ex.export_model(model, cfg, tmp_path, "pot")
+    assert list(tmp_path.iterdir()) == []
