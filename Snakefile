@@ -35,8 +35,13 @@ wildcard_constraints:
 
 include: "rules/data.smk"
 include: "rules/descriptors.smk"
+<<<<<<< HEAD
 include: "rules/evaluation_common.smk"
 include: "rules/evaluation.smk"
+=======
+include: "rules/export.smk"
+include: "rules/md.smk"
+>>>>>>> export
 
 
 rule all:

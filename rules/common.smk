@@ -46,5 +46,29 @@ def fit_descriptor_dirs(wildcards):
     return [descriptor_dir(g, pfconfig.descriptor_key(cfg)) for g in GROUPS]
 
 
+def exported(fit, suffix):
+    """An exported LAMMPS/TorchScript file of a fit (suffix .mod, .mliap.model, ...)."""
+    return f"{fit_dir(fit)}/lammps/{FITS[fit]['outfile']['potential']}{suffix}"
+
+
+def md_potential_files(wildcards):
+    """The exported files the MD validation of a fit runs."""
+    return {
+        "include": exported(wildcards.fit, ".mod"),
+        "network": exported(wildcards.fit, ".mliap.model"),
+        "descriptor": exported(wildcards.fit, ".mliap.descriptor"),
+    }
+
+
 def all_targets():
-    return [descriptor_dir(g) for g in GROUPS] + all_evaluation_targets()
+    targets = [descriptor_dir(g) for g in GROUPS] + all_evaluation_targets()
+    # LAMMPS runs only the activations it knows (config.py warns about the others)
+    targets += [
+        exported(f, ".export.json")
+        for f, c in FITS.items()
+        if c["pytorch"]["activation"] in pfconfig.LAMMPS_ACTIVATIONS
+    ]
+    targets += [
+        f"{fit_dir(f)}/md/summary.json" for f, c in FITS.items() if c["md"]["enabled"]
+    ]
+    return targets
