@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 
 from potflow import config as pfconfig
+from potflow.resources import descriptor_job_resources
 
 POTFLOW = pfconfig.prepare_config(config, source="config")
 RESULTS = "results"
@@ -29,6 +30,16 @@ def imported(group):
 
 def descriptor_dir(group, key=DESCRIPTOR_KEY):
     return f"{RESULTS}/descriptors/{key}/{group}"
+
+
+def descriptor_mem_mb(wildcards, input, attempt):
+    """Memory (MB) of one group's descriptor job, from its atom counts; doubled on a retry."""
+    return attempt * descriptor_job_resources(input[0], POTFLOW)["mem_mb"]
+
+
+def descriptor_runtime(wildcards, input, attempt):
+    """Wall time (minutes) of one group's descriptor job; doubled on a retry."""
+    return attempt * descriptor_job_resources(input[0], POTFLOW)["runtime"]
 
 
 def fit_dir(fit):
