@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass
@@ -64,8 +65,7 @@ def _kill_leftovers(state):
                 os.killpg(job["pid"], signal.SIGKILL)
 
 
-def run_with_standin_slurm(repo, workdir, state, *args, timeout=240):
-    """snakemake --workflow-profile profiles/slurm, with Slurm replaced by the stand-ins."""
+def _standin_env(state):
     env = {
         k: v
         for k, v in os.environ.items()
@@ -76,7 +76,11 @@ def run_with_standin_slurm(repo, workdir, state, *args, timeout=240):
         STANDIN_SLURM_DIR=str(state),
         STANDIN_SLURM_PYTHON=sys.executable,
     )
-    cmd = [
+    return env
+
+
+def _snakemake_cmd(repo, workdir, *args):
+    return [
         sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
         "--workflow-profile", str(repo / "profiles" / "slurm"), "--directory", str(workdir),
         "--jobs", "6", "--slurm-keep-successful-logs",
@@ -84,16 +88,27 @@ def run_with_standin_slurm(repo, workdir, state, *args, timeout=240):
         "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
         *args,
     ]  # fmt: skip
-    try:
-        res = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
-    finally:
-        _kill_leftovers(state)
+
+
+def _records(state):
     jobs = sorted(
         (json.loads(p.read_text()) for p in (state / "jobs").glob("*.json")), key=lambda j: int(j["id"])
     )
     srun_log = state / "srun.jsonl"
     sruns = [json.loads(line) for line in srun_log.read_text().splitlines()] if srun_log.exists() else []
-    return SlurmRun(res.returncode, res.stdout + res.stderr, jobs, sruns)
+    return jobs, sruns
+
+
+def run_with_standin_slurm(repo, workdir, state, *args, timeout=240):
+    """snakemake --workflow-profile profiles/slurm, with Slurm replaced by the stand-ins."""
+    cmd = _snakemake_cmd(repo, workdir, *args)
+    try:
+        res = subprocess.run(
+            cmd, cwd=workdir, env=_standin_env(state), capture_output=True, text=True, timeout=timeout
+        )
+    finally:
+        _kill_leftovers(state)
+    return SlurmRun(res.returncode, res.stdout + res.stderr, *_records(state))
 
 
 @pytest.fixture
@@ -182,3 +197,43 @@ def test_failed_job_is_reported(repo_root, tiny_run, tmp_path):
     for group in set(groups) - {"Liquid"}:
         assert read_meta(workdir / "results" / "descriptors" / dkey / group)["group"] == group
     assert not (workdir / "results" / "descriptors" / dkey / "Liquid").exists()
+
+
+def _group_ends(pgid, within):
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_interrupt_cancels_the_jobs(repo_root, shared_data, tmp_path):
+    """Ctrl-C on the submitting Snakemake cancels its jobs on the cluster (scancel)."""
+    workdir, state = tmp_path / "run", tmp_path / "slurm"
+    copy_tiny_groups(shared_data, workdir / "data", {"Liquid": 1, "Volume_FCC": 1})
+    write_config(workdir / "config.yaml", tiny_config())
+    proc = subprocess.Popen(
+        _snakemake_cmd(repo_root, workdir), cwd=workdir, env=_standin_env(state),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while len(list((state / "jobs").glob("*.json"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        _kill_leftovers(state)
+    jobs, _ = _records(state)
+    assert proc.returncode != 0 and len(jobs) == 2, out[-3000:]
+    scancels = [line.split()[1:] for line in (state / "calls.log").read_text().splitlines() if line.startswith("scancel")]
+    assert len(scancels) == 1 and sorted(scancels[0]) == sorted(j["id"] for j in jobs), scancels
+    for job in jobs:
+        assert job["state"] == "CANCELLED", job["state"]
+        if job["pid"] is not None:  # None: cancelled before it started
+            assert _group_ends(job["pid"], within=20), f"job {job['id']} still runs after scancel"
+    assert not (workdir / "results" / "descriptors").exists()

@@ -72,15 +72,20 @@ def write_job(job):
     os.replace(tmp, path)
 
 
-def update_job(jobid, **fields):
+@contextlib.contextmanager
+def jobs_locked():
+    """Serialises state changes between the job runners and scancel."""
     with open(STATE / "jobs.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def finish_job(jobid, **fields):
+    with jobs_locked():
         job = read_job(jobid)
-        if job["state"] in FINAL and fields.get("state") not in (None, "CANCELLED"):
-            return job  # scancel won; do not resurrect the job
-        job.update(fields)
-        write_job(job)
-        return job
+        if job["state"] != "CANCELLED":  # scancel won: keep its verdict
+            job.update(fields)
+            write_job(job)
 
 
 def all_jobs():
@@ -178,11 +183,15 @@ def job_environment(job):
 
 def run_job(jobid):
     """The background half of sbatch: run the job script, record how it ended."""
-    job = read_job(jobid)
-    proc = subprocess.Popen(["/bin/sh", job["script"]], env=job_environment(job))
-    update_job(jobid, state="RUNNING", pid=os.getpid(), started=time.time())
-    code = proc.wait()
-    update_job(jobid, state="COMPLETED" if code == 0 else "FAILED", exit_code=code, ended=time.time())
+    with jobs_locked():
+        job = read_job(jobid)
+        if job["state"] == "CANCELLED":
+            return
+        # this runner leads the job's process group: scancel kills the group
+        job.update(state="RUNNING", pid=os.getpid(), started=time.time())
+        write_job(job)
+    code = subprocess.call(["/bin/sh", job["script"]], env=job_environment(job))
+    finish_job(jobid, state="COMPLETED" if code == 0 else "FAILED", exit_code=code, ended=time.time())
 
 
 def states_for(argv):
@@ -234,15 +243,17 @@ def squeue(argv):
 
 def scancel(argv):
     for jobid in (a for a in argv if not a.startswith("-")):
-        job = read_job(jobid)
-        if job is None:
-            raise SystemExit(f"scancel (stand-in): invalid job id {jobid}")
-        if job["state"] in FINAL:
-            continue
-        if job["pid"]:
+        with jobs_locked():
+            job = read_job(jobid)
+            if job is None:
+                raise SystemExit(f"scancel (stand-in): invalid job id {jobid}")
+            if job["state"] in FINAL:
+                continue
+            job["state"] = "CANCELLED"
+            write_job(job)
+        if job["pid"]:  # None: still pending, its runner will not start it
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job["pid"], signal.SIGTERM)
-        update_job(jobid, state="CANCELLED")
 
 
 SRUN_VALUE = {"-n", "-N", "-c", "-J", "--jobid", "--ntasks", "--nodes", "--cpus-per-task", "--gpus", "--mem"}
