@@ -151,8 +151,8 @@ def claim_gpus(
         return GpuClaim([], "none")
     if count > len(gpus):
         raise GpuClaimError(
-            f"the job asks for {count} GPUs (resources: gpu) but only {len(gpus)} are available "
-            f"({', '.join(gpus)}); lower the rule's gpu resource or set {POOL_ENV}"
+            f"the job asks for {count} GPUs (resources: gpu) but this machine offers "
+            f"{len(gpus)} (GPU {', '.join(gpus)}); lower the rule's gpu resource or set {POOL_ENV}"
         )
     lock_dir = _open_lock_dir(lock_dir or default_lock_dir(environ))
     deadline = None if timeout is None else time.monotonic() + timeout

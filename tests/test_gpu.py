@@ -33,7 +33,7 @@ def test_machine_without_gpu_runs_on_cpu(tmp_path):
 
 
 def test_more_gpus_than_the_machine_has(tmp_path):
-    with pytest.raises(GpuClaimError, match="asks for 3 GPUs .* only 2"):
+    with pytest.raises(GpuClaimError, match="asks for 3 GPUs .* offers 2"):
         claim_gpus(3, pool=["0", "1"], lock_dir=tmp_path, environ={})
 
 
