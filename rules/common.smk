@@ -1,10 +1,24 @@
 # Helpers shared by all stages: the checked config, group discovery and result paths.
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)
+# potflow's own checkout, also when another workflow uses potflow as a module: there
+# workflow.basedir is the caller's folder, while current_basedir is this file's (rules/).
+POTFLOW_ROOT = str(
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent
+)
+sys.path.insert(0, POTFLOW_ROOT)
+# Jobs run Python in new processes (shell commands, conda envs, cluster nodes): set, not
+# require, PYTHONPATH so that they import this same package, installed or not.
+_pythonpath = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+if _pythonpath[0] != POTFLOW_ROOT:
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [POTFLOW_ROOT, *_pythonpath]))
+    )
 
 from potflow import config as pfconfig
+from potflow.resources import descriptor_job_resources
 
 POTFLOW = pfconfig.prepare_config(config, source="config")
 RESULTS = "results"
@@ -34,6 +48,16 @@ def imported(group):
 
 def descriptor_dir(group, key=DESCRIPTOR_KEY):
     return f"{RESULTS}/descriptors/{key}/{group}"
+
+
+def descriptor_mem_mb(wildcards, input, attempt):
+    """Memory (MB) of one group's descriptor job, from its atom counts; doubled on a retry."""
+    return attempt * descriptor_job_resources(input[0], POTFLOW)["mem_mb"]
+
+
+def descriptor_runtime(wildcards, input, attempt):
+    """Wall time (minutes) of one group's descriptor job; doubled on a retry."""
+    return attempt * descriptor_job_resources(input[0], POTFLOW)["runtime"]
 
 
 def fit_dir(fit):
