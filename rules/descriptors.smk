@@ -4,8 +4,6 @@ rule compute_descriptors:
         f"{RESULTS}/data/{{group}}.npz",
     output:
         directory(f"{RESULTS}/descriptors/{{dkey}}/{{group}}"),
-    params:
-        config=POTFLOW,
     log:
         f"{RESULTS}/logs/descriptors/{{dkey}}/{{group}}.log",
     threads: 1
