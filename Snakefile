@@ -38,6 +38,8 @@ include: "rules/descriptors.smk"
 include: "rules/training.smk"
 include: "rules/evaluation_common.smk"
 include: "rules/evaluation.smk"
+include: "rules/export.smk"
+include: "rules/md.smk"
 
 
 rule all:

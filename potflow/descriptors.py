@@ -114,6 +114,8 @@ boundary {bound}
 region box prism 0 {ax!r} 0 {by!r} 0 {cz!r} {bx!r} {cx!r} {cy!r} units box
 create_box {len(self.elements)} box
 mass * 1.0
+neighbor 0.0 bin
+neigh_modify one 10000
 pair_style {ref["pair_style"]}
 """
         )

@@ -209,11 +209,13 @@ GROUPS = {
 }
 
 
-def build_structures(labeller, seed=SEED):
+def build_structures(labeller, seed=SEED, groups=None):
     """{group: [Atoms]}; each group draws from its own stream of one seeded generator."""
     streams = np.random.SeedSequence(seed).spawn(len(GROUPS))
     out = {}
     for (name, make), stream in zip(GROUPS.items(), streams, strict=True):
+        if groups is not None and name not in groups:
+            continue
         rng = np.random.default_rng(stream)
         out[name] = make(rng, labeller) if name == "Liquid" else make(rng)
     return out

@@ -1,10 +1,24 @@
 # Helpers shared by all stages: the checked config, group discovery and result paths.
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)
+# potflow's own checkout, also when another workflow uses potflow as a module: there
+# workflow.basedir is the caller's folder, while current_basedir is this file's (rules/).
+POTFLOW_ROOT = str(
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent
+)
+sys.path.insert(0, POTFLOW_ROOT)
+# Jobs run Python in new processes (shell commands, conda envs, cluster nodes): set, not
+# require, PYTHONPATH so that they import this same package, installed or not.
+_pythonpath = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+if _pythonpath[0] != POTFLOW_ROOT:
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [POTFLOW_ROOT, *_pythonpath]))
+    )
 
 from potflow import config as pfconfig
+from potflow.resources import descriptor_job_resources
 
 POTFLOW = pfconfig.prepare_config(config, source="config")
 RESULTS = "results"
@@ -36,6 +50,16 @@ def descriptor_dir(group, key=DESCRIPTOR_KEY):
     return f"{RESULTS}/descriptors/{key}/{group}"
 
 
+def descriptor_mem_mb(wildcards, input, attempt):
+    """Memory (MB) of one group's descriptor job, from its atom counts; doubled on a retry."""
+    return attempt * descriptor_job_resources(input[0], POTFLOW)["mem_mb"]
+
+
+def descriptor_runtime(wildcards, input, attempt):
+    """Wall time (minutes) of one group's descriptor job; doubled on a retry."""
+    return attempt * descriptor_job_resources(input[0], POTFLOW)["runtime"]
+
+
 def fit_dir(fit):
     return f"{RESULTS}/fits/{fit}"
 
@@ -46,7 +70,31 @@ def fit_descriptor_dirs(wildcards):
     return [descriptor_dir(g, pfconfig.descriptor_key(cfg)) for g in GROUPS]
 
 
+def exported(fit, suffix):
+    """An exported LAMMPS/TorchScript file of a fit (suffix .mod, .mliap.model, ...)."""
+    return f"{fit_dir(fit)}/lammps/{FITS[fit]['outfile']['potential']}{suffix}"
+
+
+def md_potential_files(wildcards):
+    """The exported files the MD validation of a fit runs."""
+    return {
+        "include": exported(wildcards.fit, ".mod"),
+        "network": exported(wildcards.fit, ".mliap.model"),
+        "descriptor": exported(wildcards.fit, ".mliap.descriptor"),
+    }
+
+
 def all_targets():
     targets = [descriptor_dir(g) for g in GROUPS]
     targets += [f"{fit_dir(fit)}/model.pt" for fit in FITS]
-    return targets + all_evaluation_targets()
+    targets += all_evaluation_targets()
+    # LAMMPS runs only the activations it knows (config.py warns about the others)
+    targets += [
+        exported(f, ".export.json")
+        for f, c in FITS.items()
+        if c["pytorch"]["activation"] in pfconfig.LAMMPS_ACTIVATIONS
+    ]
+    targets += [
+        f"{fit_dir(f)}/md/summary.json" for f, c in FITS.items() if c["md"]["enabled"]
+    ]
+    return targets

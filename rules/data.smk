@@ -9,6 +9,9 @@ rule import_group:
     conda:
         "../envs/potflow.yaml"
     threads: 1
+    resources:
+        mem_mb=lambda w, input: 1000 + 10 * int(input.size_mb),
+        runtime=15,
     params:
         source=lambda w: str(pfconfig.group_source(DATA_DIR, SCRAPER, w.group)),
         scraper=SCRAPER,

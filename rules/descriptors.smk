@@ -10,7 +10,8 @@ rule compute_descriptors:
         "../envs/potflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda w, input: 1000 + 40 * max(1, int(input.size_mb)),
+        mem_mb=descriptor_mem_mb,
+        runtime=descriptor_runtime,
     params:
         settings=lambda w: DESCRIPTOR_SETTINGS[w.dkey],
     script:

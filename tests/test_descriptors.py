@@ -306,3 +306,19 @@ def test_two_element_groups_through_the_workflow(tmp_path, shared_data, repo_roo
                 assert np.all(arrays["ref_energy"] > 0), "ZBL is repulsive"
     finally:
         calc.close()
+
+
+def test_dense_cell_with_long_reference_cutoff(shared_data):
+    """The densest W-Be cell (0.79 atoms/A^3) within the 10 A `zero` cutoff: ~3,300 neighbours."""
+    from potflow.structures import parse_fitsnap_json
+
+    rec = parse_fitsnap_json(shared_data / "WBe_JSON" / "EOS_FCC" / "EOS_FCC_151.json")
+    types = np.array([["W", "Be"].index(s) for s in rec["symbols"]], np.int32)
+    assert len(types) / abs(np.linalg.det(rec["cell"])) > 0.75
+    calc = SnapCalculator(config(WBE))
+    try:
+        B, e_ref, f_ref, index, values = calc.compute(rec["positions"], rec["cell"], rec["pbc"], types)
+    finally:
+        calc.close()
+    assert np.all(np.isfinite(B)) and np.all(np.isfinite(values)) and e_ref > 0
+    np.testing.assert_allclose(f_ref, 0.0, atol=1e-4)  # fcc, positions rounded in the file

@@ -1,21 +1,30 @@
 from pathlib import Path
 
+from potflow.errors import PotflowInputError
+from potflow.gpu import GpuClaimError, claim_gpus
 from potflow.rulescript import run_rule
-from potflow.train import TrainPaths, train
 
 sm = snakemake  # noqa: F821
 
 
 def body():
-    out = sm.output
-    paths = TrainPaths(
-        model=Path(out.model),
-        checkpoint=Path(out.checkpoint),
-        loss=Path(out.loss),
-        split=Path(out.split),
-        resume=Path(sm.params.resume),
-    )
-    train(sm.params.config, list(sm.input.descriptors), paths, progress=True)
+    # claim the job's GPUs (CUDA_VISIBLE_DEVICES) before torch initialises CUDA
+    try:
+        claim = claim_gpus(sm.resources.get("gpu", 0), log=print)
+    except GpuClaimError as exc:
+        raise PotflowInputError("resources.gpu", str(exc)) from None
+    from potflow.train import TrainPaths, train
+
+    with claim:
+        out = sm.output
+        paths = TrainPaths(
+            model=Path(out.model),
+            checkpoint=Path(out.checkpoint),
+            loss=Path(out.loss),
+            split=Path(out.split),
+            resume=Path(sm.params.resume),
+        )
+        train(sm.params.config, list(sm.input.descriptors), paths, progress=True)
 
 
 run_rule(body, sm.log[0])

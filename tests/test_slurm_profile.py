@@ -1,0 +1,239 @@
+"""profiles/slurm drives the real snakemake-executor-plugin-slurm end to end.
+
+Slurm itself is replaced by the stand-ins in tests/slurm_standin/ (first on PATH): sbatch
+records its arguments and runs the job at once on this machine, sacct/squeue report the jobs'
+states. So this checks what potflow asks the cluster for (the sbatch options of every job)
+and that the jobs, run the way the plugin runs them (sbatch --wrap -> snakemake
+--executor slurm-jobstep -> srun -> snakemake), produce correct outputs.
+
+To check another rule (e.g. training), add its target to TARGETS, its job count to
+EXPECTED_JOBS and its expected sbatch options to REQUESTS (a GPU rule: "gpus", "cpus_per_gpu");
+the srun check below already expects --gpus/--cpus-per-gpu for jobs that asked for a GPU.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from tiny_ta import copy_tiny_groups, tiny_config, write_config
+
+from potflow.config import descriptor_key, prepare_config
+from potflow.descriptors import ARRAYS, read_meta
+from potflow.resources import descriptor_job_resources
+
+STANDIN = Path(__file__).resolve().parent / "slurm_standin"
+# Jobs per rule for the tiny dataset (3 groups); `all` runs on the submit host, not via sbatch.
+EXPECTED_JOBS = {"import_group": 3, "compute_descriptors": 3}
+TARGETS = []  # default target (`all`): the descriptor folders
+# sbatch options every job of a rule must carry (values as sbatch sees them).
+REQUESTS = {
+    "import_group": {"ntasks": "1", "cpus_per_task": "1", "time": "15"},
+    "compute_descriptors": {"ntasks": "1", "cpus_per_task": "1"},
+}
+GPU_OPTIONS = ("gpus", "gres", "cpus_per_gpu")
+
+
+@dataclass
+class SlurmRun:
+    returncode: int
+    output: str
+    jobs: list  # stand-in job records, in submission order
+    sruns: list  # {"jobid", "options"} for every srun inside a job
+
+    def submitted(self, rule):
+        return [j for j in self.jobs if j["options"]["comment"].startswith(f"rule_{rule}_")]
+
+    def srun_options(self, job):
+        return [s["options"] for s in self.sruns if s["jobid"] == job["id"]]
+
+
+def _kill_leftovers(state):
+    for path in (state / "jobs").glob("*.json"):
+        job = json.loads(path.read_text())
+        if job.get("pid") and job["state"] in ("PENDING", "RUNNING"):
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(job["pid"], signal.SIGKILL)
+
+
+def _standin_env(state):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM", "SBATCH_", "SRUN_")) and k != "CUDA_VISIBLE_DEVICES"
+    }
+    env.update(
+        PATH=f"{STANDIN}{os.pathsep}{env['PATH']}",
+        STANDIN_SLURM_DIR=str(state),
+        STANDIN_SLURM_PYTHON=sys.executable,
+    )
+    return env
+
+
+def _snakemake_cmd(repo, workdir, *args):
+    return [
+        sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+        "--workflow-profile", str(repo / "profiles" / "slurm"), "--directory", str(workdir),
+        "--jobs", "6", "--slurm-keep-successful-logs",
+        # The plugin's waits suit a real cluster (40 s before the first status check).
+        "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
+        *args,
+    ]  # fmt: skip
+
+
+def _records(state):
+    jobs = sorted(
+        (json.loads(p.read_text()) for p in (state / "jobs").glob("*.json")), key=lambda j: int(j["id"])
+    )
+    srun_log = state / "srun.jsonl"
+    sruns = [json.loads(line) for line in srun_log.read_text().splitlines()] if srun_log.exists() else []
+    return jobs, sruns
+
+
+def run_with_standin_slurm(repo, workdir, state, *args, timeout=240):
+    """snakemake --workflow-profile profiles/slurm, with Slurm replaced by the stand-ins."""
+    cmd = _snakemake_cmd(repo, workdir, *args)
+    try:
+        res = subprocess.run(
+            cmd, cwd=workdir, env=_standin_env(state), capture_output=True, text=True, timeout=timeout
+        )
+    finally:
+        _kill_leftovers(state)
+    return SlurmRun(res.returncode, res.stdout + res.stderr, *_records(state))
+
+
+@pytest.fixture
+def tiny_run(shared_data, tmp_path):
+    workdir = tmp_path / "run"
+    groups = copy_tiny_groups(shared_data, workdir / "data")
+    cfg = tiny_config()
+    write_config(workdir / "config.yaml", cfg)
+    return workdir, groups, prepare_config(cfg)
+
+
+def test_profile_is_valid_yaml_with_gpu_training(repo_root):
+    profile = yaml.safe_load((repo_root / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    train = profile["set-resources"]["train"]
+    assert train["gpu"] == 1 and train["cpus_per_gpu"] >= 1 and train["runtime"] > 0
+    assert profile["set-threads"]["train"] == train["cpus_per_gpu"]
+
+
+def test_descriptor_jobs_on_slurm(repo_root, tiny_run, tmp_path):
+    workdir, groups, cfg = tiny_run
+    run = run_with_standin_slurm(repo_root, workdir, tmp_path / "slurm", *TARGETS)
+    assert run.returncode == 0, run.output[-5000:]
+
+    # which jobs were submitted, and that each ran to completion through sbatch and srun
+    rules = Counter(j["options"]["comment"].split("_wildcards_")[0][len("rule_") :] for j in run.jobs)
+    assert rules == Counter(EXPECTED_JOBS), rules
+    for job in run.jobs:
+        opts = job["options"]
+        assert job["state"] == "COMPLETED", (job["id"], Path(job["output"]).read_text()[-3000:])
+        assert opts["partition"] == "standin" and opts["account"] == "standin_account"
+        assert opts["workdir"] == str(workdir) and opts["wrap"].startswith(sys.executable)
+        # the job step inside the allocation asks for the same CPUs (and GPUs)
+        step = run.srun_options(job)
+        assert len(step) == 1, step
+        if "gpus" in opts:
+            assert f"--gpus={opts['gpus']}" in step[0], step
+            assert f"--cpus-per-gpu={opts['cpus_per_gpu']}" in step[0], step
+        else:
+            assert f"--cpus-per-task={opts['cpus_per_task']}" in step[0], step
+    for rule, expected in REQUESTS.items():
+        for job in run.submitted(rule):
+            got = {k: job["options"].get(k) for k in expected}
+            assert got == expected, (rule, got)
+            if rule != "train":
+                assert not any(k in job["options"] for k in GPU_OPTIONS), job["options"]
+
+    # descriptor jobs: memory and wall time estimated from each imported group
+    dkey = descriptor_key(cfg)
+    for job in run.submitted("compute_descriptors"):
+        group = job["options"]["comment"].rsplit(f"{dkey}_", 1)[1]
+        estimate = descriptor_job_resources(workdir / "results" / "data" / f"{group}.npz", cfg)
+        assert job["options"]["mem"] == str(estimate["mem_mb"]), group
+        assert job["options"]["time"] == str(estimate["runtime"]), group
+        assert 300 <= estimate["mem_mb"] < 2000
+
+    # outputs: one complete descriptor folder per group
+    for group, count in groups.items():
+        folder = workdir / "results" / "descriptors" / dkey / group
+        meta = read_meta(folder)
+        assert meta["group"] == group and meta["num_configs"] == count
+        for name in ARRAYS:
+            assert (folder / f"{name}.npy").is_file(), (group, name)
+        natoms = np.load(folder / "natoms.npy")
+        assert len(np.load(folder / "descriptors.npy")) == natoms.sum() == meta["num_atoms"]
+
+
+def test_failed_job_is_reported(repo_root, tiny_run, tmp_path):
+    """A job that fails on the 'cluster' fails the run; the others still finish (keep-going).
+
+    Uses squeue for the status queries (the other test uses sacct).
+    """
+    workdir, groups, cfg = tiny_run
+    bad = workdir / "data" / "Liquid" / "broken.json"
+    bad.write_text("{ not json")
+    run = run_with_standin_slurm(
+        repo_root, workdir, tmp_path / "slurm", "--slurm-status-command", "squeue"
+    )
+    assert run.returncode != 0
+    failed = [j for j in run.jobs if j["state"] == "FAILED"]
+    # the Liquid import, tried twice (profile: retries 1)
+    assert len(failed) == 2, [(j["options"]["comment"], j["state"]) for j in run.jobs]
+    assert all(j["options"]["comment"] == "rule_import_group_wildcards_Liquid" for j in failed)
+    assert "broken.json" in run.output
+    dkey = descriptor_key(cfg)
+    for group in set(groups) - {"Liquid"}:
+        assert read_meta(workdir / "results" / "descriptors" / dkey / group)["group"] == group
+    assert not (workdir / "results" / "descriptors" / dkey / "Liquid").exists()
+
+
+def _group_ends(pgid, within):
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_interrupt_cancels_the_jobs(repo_root, shared_data, tmp_path):
+    """Ctrl-C on the submitting Snakemake cancels its jobs on the cluster (scancel)."""
+    workdir, state = tmp_path / "run", tmp_path / "slurm"
+    copy_tiny_groups(shared_data, workdir / "data", {"Liquid": 1, "Volume_FCC": 1})
+    write_config(workdir / "config.yaml", tiny_config())
+    proc = subprocess.Popen(
+        _snakemake_cmd(repo_root, workdir), cwd=workdir, env=_standin_env(state),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while len(list((state / "jobs").glob("*.json"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        _kill_leftovers(state)
+    jobs, _ = _records(state)
+    assert proc.returncode != 0 and len(jobs) == 2, out[-3000:]
+    scancels = [line.split()[1:] for line in (state / "calls.log").read_text().splitlines() if line.startswith("scancel")]
+    assert len(scancels) == 1 and sorted(scancels[0]) == sorted(j["id"] for j in jobs), scancels
+    for job in jobs:
+        assert job["state"] == "CANCELLED", job["state"]
+        if job["pid"] is not None:  # None: cancelled before it started
+            assert _group_ends(job["pid"], within=20), f"job {job['id']} still runs after scancel"
+    assert not (workdir / "results" / "descriptors").exists()

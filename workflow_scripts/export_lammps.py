@@ -1,0 +1,18 @@
+from pathlib import Path
+
+from potflow.export import export_model_file, export_paths
+from potflow.rulescript import run_rule
+
+sm = snakemake  # noqa: F821
+
+
+def body():
+    out_dir = Path(sm.output.model).parent
+    expected = export_paths(out_dir, sm.wildcards.potential)
+    assert all(str(expected[k]) == str(sm.output[k]) for k in expected), "output names out of step"
+    record = export_model_file(sm.input[0], sm.params.config, out_dir, sm.wildcards.potential)
+    print(f"exported {record['exported_model']} ({record['model_info']}) to {out_dir}")
+    print(f"self-check against torch through LAMMPS: {record['self_check']}")
+
+
+run_rule(body, sm.log[0])

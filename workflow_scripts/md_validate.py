@@ -1,0 +1,23 @@
+import os
+
+from potflow.md import validate_exported
+from potflow.rulescript import run_rule
+
+sm = snakemake  # noqa: F821
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def body():
+    outputs = {k: sm.output[k] for k in ("thermo", "summary", "text", "plot")}
+    validate_exported(
+        sm.params.config,
+        sm.input.model,
+        sm.input.include,
+        outputs,
+        sm.log.lammps,
+        split_tsv=sm.input.split,
+        data_files=list(sm.input.data),
+    )
+
+
+run_rule(body, sm.log.rule)
