@@ -9,8 +9,9 @@ sm = snakemake  # noqa: F821
 
 def body():
     # claim the job's GPUs (CUDA_VISIBLE_DEVICES) before torch initialises CUDA
+    gpus = int(sm.resources.get("gpu", 0))
     try:
-        claim = claim_gpus(sm.resources.get("gpu", 0), log=print)
+        claim = claim_gpus(gpus, log=print)
     except GpuClaimError as exc:
         raise PotflowInputError("resources.gpu", str(exc)) from None
     from potflow.train import TrainPaths, train
@@ -24,7 +25,13 @@ def body():
             split=Path(out.split),
             resume=Path(sm.params.resume),
         )
-        train(sm.params.config, list(sm.input.descriptors), paths, progress=True)
+        folders = list(sm.input.descriptors)
+        if gpus > 1:  # one process per GPU (on a machine without GPUs: per CPU share)
+            from potflow.distributed import run_torchrun
+
+            run_torchrun(gpus, sm.params.config, folders, paths)
+        else:
+            train(sm.params.config, folders, paths, progress=True)
 
 
 run_rule(body, sm.log[0])
