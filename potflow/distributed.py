@@ -81,7 +81,15 @@ def init_from_env(device="auto", environ=None):
         return ranks()
     cuda = wants_cuda(device)
     if cuda:
-        torch.cuda.set_device(int(environ.get("LOCAL_RANK", "0")))
+        local, count = int(environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= count:
+            from potflow.errors import PotflowInputError
+
+            raise PotflowInputError(
+                "torchrun", f"process {local} of this node has no GPU: the node shows {count} "
+                "(CUDA_VISIBLE_DEVICES); start at most that many processes per node"
+            )
+        torch.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "gloo")
     return ranks()
 

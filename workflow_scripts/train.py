@@ -26,7 +26,7 @@ def body():
             resume=Path(sm.params.resume),
         )
         folders = list(sm.input.descriptors)
-        if gpus > 1:  # one process per GPU (on a machine without GPUs: per CPU share)
+        if gpus > 1:  # one process per GPU (torchrun); without GPUs they share the CPUs
             from potflow.distributed import run_torchrun
 
             run_torchrun(gpus, sm.params.config, folders, paths)
