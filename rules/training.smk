@@ -1,4 +1,7 @@
-# The sections a fit depends on (its params): editing md, outfile or test_sets keeps the fit.
+import json
+
+# The sections a fit depends on, as canonical JSON (params): editing md, outfile or test_sets,
+# or reordering keys, keeps the fit.
 TRAINING_SECTIONS = (
     "bispectrum",
     "calculator",
@@ -32,7 +35,9 @@ rule train:
         gpu=POTFLOW["resources"]["train_gpus"],
         mem_mb=lambda w: 1500 + (FITS[w.fit]["pytorch"]["memory_budget_mb"] or 8000),
     params:
-        config=lambda w: {k: FITS[w.fit][k] for k in TRAINING_SECTIONS},
+        settings=lambda w: json.dumps(
+            {k: FITS[w.fit][k] for k in TRAINING_SECTIONS}, sort_keys=True
+        ),
         resume=lambda w: f"{fit_dir(w.fit)}/resume.pt",
     script:
         "../workflow_scripts/train.py"

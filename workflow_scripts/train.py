@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 from potflow.errors import PotflowInputError
@@ -24,7 +25,8 @@ def body():
             split=Path(out.split),
             resume=Path(sm.params.resume),
         )
-        train(sm.params.config, list(sm.input.descriptors), paths, progress=True)
+        cfg = json.loads(sm.params.settings)  # the sections training depends on
+        train(cfg, list(sm.input.descriptors), paths, progress=True)
 
 
 run_rule(body, sm.log[0])
