@@ -7,7 +7,7 @@ a size > 1 is a count. Validation configurations, which pick the best epoch and 
 reported as test, are drawn (seeded) from each group's training configurations:
 round(validation_fraction * n_train), always leaving one to train on.
 
-Targets: energy E_m - E_ref - sum_i eshift[element_i] and force F - F_ref; weights w^E_m, w^F_m
+Targets: energy E_m + sum_i eshift[element_i] - E_ref (FitSNAP adds [ESHIFT] to the DFT energy) and force F - F_ref; weights w^E_m, w^F_m
 from the group (or the global [PYTORCH] weights).
 
 A ``PreparedSet`` holds configurations ready for the network: standardised descriptors
@@ -161,7 +161,7 @@ class FitData:
             cols["natoms"].append(g.natoms)
             cols["set"].append(labels)
             cols["file"].append(np.asarray(g.arrays["files"]).astype(str))
-            cols["energy"].append(np.asarray(g.arrays["energy_target"], dtype=np.float64) - shift)
+            cols["energy"].append(np.asarray(g.arrays["energy_target"], dtype=np.float64) + shift)
             cols["ew"].append(np.full(n, float(opts["eweight"])))
             cols["fw"].append(np.full(n, float(opts["fweight"]) if g.has_forces else 0.0))
         self.table = {k: np.concatenate(v) for k, v in cols.items()}

@@ -49,3 +49,15 @@ def run_rule(body, log_path=None):
         if log:
             with contextlib.suppress(Exception):
                 log.close()
+
+
+def rule_step(rule, steps):
+    """The function for ``rule`` among a script's ``steps`` (name -> function).
+
+    A workflow that imports potflow as a module renames its rules (``potflow_evaluate_fit``),
+    so the longest step name that ends the rule name wins.
+    """
+    matches = [name for name in steps if rule == name or rule.endswith("_" + name)]
+    if not matches:
+        raise KeyError(f"no step for rule {rule!r} (known: {', '.join(sorted(steps))})")
+    return steps[max(matches, key=len)]

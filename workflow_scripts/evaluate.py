@@ -2,7 +2,7 @@
 
 from potflow import evaluate as pfe
 from potflow.fileio import write_text
-from potflow.rulescript import run_rule
+from potflow.rulescript import rule_step, run_rule
 
 sm = snakemake  # noqa: F821
 
@@ -43,4 +43,5 @@ def evaluation_configs():
     pfe.write_configs(sm.output[0], pfe.config_records(ev, folders, structures))
 
 
-run_rule(globals()[sm.rule], sm.log[0])
+STEPS = {"evaluate_fit": evaluate_fit, "evaluation_metrics": evaluation_metrics, "evaluation_perconfig": evaluation_perconfig, "evaluation_peratom": evaluation_peratom, "evaluation_configs": evaluation_configs}
+run_rule(rule_step(sm.rule, STEPS), sm.log[0])

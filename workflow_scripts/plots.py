@@ -2,7 +2,7 @@
 
 from potflow import plots
 from potflow.evaluate import load_evaluation
-from potflow.rulescript import run_rule
+from potflow.rulescript import rule_step, run_rule
 
 sm = snakemake  # noqa: F821
 
@@ -18,4 +18,5 @@ def plot_loss():
     plots.save_figure(fig, sm.output.png, sm.output.pdf)
 
 
-run_rule(globals()[sm.rule], sm.log[0])
+STEPS = {"plot_evaluation": plot_evaluation, "plot_loss": plot_loss}
+run_rule(rule_step(sm.rule, STEPS), sm.log[0])
