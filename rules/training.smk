@@ -1,5 +1,3 @@
-import json
-
 # The sections a fit depends on, as canonical JSON (params): editing md, outfile or test_sets,
 # or reordering keys, keeps the fit.
 TRAINING_SECTIONS = (
@@ -35,8 +33,8 @@ rule train:
         gpu=POTFLOW["resources"]["train_gpus"],
         mem_mb=lambda w: 1500 + (FITS[w.fit]["pytorch"]["memory_budget_mb"] or 8000),
     params:
-        settings=lambda w: json.dumps(
-            {k: FITS[w.fit][k] for k in TRAINING_SECTIONS}, sort_keys=True
+        settings=lambda w: pfconfig.canonical_json(
+            {k: FITS[w.fit][k] for k in TRAINING_SECTIONS}
         ),
         resume=lambda w: f"{fit_dir(w.fit)}/resume.pt",
     script:
