@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 from potflow.errors import PotflowInputError
@@ -25,13 +26,14 @@ def body():
             split=Path(out.split),
             resume=Path(sm.params.resume),
         )
+        cfg = json.loads(sm.params.settings)  # the sections training depends on
         folders = list(sm.input.descriptors)
         if gpus > 1:  # one process per GPU (torchrun); without GPUs they share the CPUs
             from potflow.distributed import run_torchrun
 
-            run_torchrun(gpus, sm.params.config, folders, paths)
+            run_torchrun(gpus, cfg, folders, paths)
         else:
-            train(sm.params.config, folders, paths, progress=True)
+            train(cfg, folders, paths, progress=True)
 
 
 run_rule(body, sm.log[0])
