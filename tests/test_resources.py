@@ -47,11 +47,14 @@ def _bcc_group(path, repeat, configs=2, seed=0):
     return path
 
 
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a big pytest
+# process would report the parent's size.
 PEAK = """
-import json, resource, sys
+import json, re, sys
+from pathlib import Path
 from potflow.descriptors import compute_group_descriptors
 compute_group_descriptors(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024)
 """
 
 
@@ -62,6 +65,7 @@ def _peak_mb(cfg, npz, out):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     return float(res.stdout.split()[-1])
+
 
 
 @pytest.fixture(scope="module")
