@@ -25,6 +25,8 @@ rule train:
         split=f"{RESULTS}/fits/{{fit}}/split.tsv",
     log:
         f"{RESULTS}/fits/{{fit}}/training.log",
+    benchmark:
+        f"{RESULTS}/fits/{{fit}}/train_benchmark.tsv"
     conda:
         "../envs/potflow.yaml"
     threads: 1
