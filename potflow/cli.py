@@ -15,6 +15,7 @@ from potflow.errors import PotflowInputError
 # command name -> module; the help line is repeated here so --help needs no imports.
 COMMAND_MODULES = {
     "from-fitsnap": ("potflow.fitsnap_input", "convert a FitSNAP input file to a potflow config"),
+    "train": ("potflow.distributed", "fit the network (under torchrun: on several GPUs or nodes)"),
 }
 
 

@@ -139,9 +139,13 @@ def elements(cfg):
     return list(cfg["bispectrum"]["type"])
 
 
+def canonical_json(obj):
+    """One text per settings value whatever the key order (rule params, hashes)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
 def settings_hash(obj, length=12):
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
 def descriptor_settings(cfg):

@@ -7,7 +7,7 @@ a size > 1 is a count. Validation configurations, which pick the best epoch and 
 reported as test, are drawn (seeded) from each group's training configurations:
 round(validation_fraction * n_train), always leaving one to train on.
 
-Targets: energy E_m - E_ref - sum_i eshift[element_i] and force F - F_ref; weights w^E_m, w^F_m
+Targets: energy E_m + sum_i eshift[element_i] - E_ref (FitSNAP adds [ESHIFT] to the DFT energy) and force F - F_ref; weights w^E_m, w^F_m
 from the group (or the global [PYTORCH] weights).
 
 A ``PreparedSet`` holds configurations ready for the network: standardised descriptors
@@ -46,6 +46,17 @@ def concat_ranges(starts, lengths):
         return np.zeros(0, np.int64)
     ends = np.cumsum(lengths)
     return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+
+
+def batch_sizes(n, batch_size):
+    """Configurations in each batch of a pass over n: every ``batch_size`` (the last one
+    smaller), or the sizes given (a sequence of positive counts adding up to n)."""
+    if np.ndim(batch_size) == 0:
+        return np.diff(np.append(np.arange(0, n, int(batch_size)), n)).astype(np.int64)
+    sizes = np.asarray(batch_size, dtype=np.int64)
+    if sizes.sum() != n or (sizes <= 0).any():
+        raise ValueError(f"batch sizes {sizes.tolist()} do not split {n} configurations")
+    return sizes
 
 
 # ----------------------------------------------------------------------------- split
@@ -161,7 +172,7 @@ class FitData:
             cols["natoms"].append(g.natoms)
             cols["set"].append(labels)
             cols["file"].append(np.asarray(g.arrays["files"]).astype(str))
-            cols["energy"].append(np.asarray(g.arrays["energy_target"], dtype=np.float64) - shift)
+            cols["energy"].append(np.asarray(g.arrays["energy_target"], dtype=np.float64) + shift)
             cols["ew"].append(np.full(n, float(opts["eweight"])))
             cols["fw"].append(np.full(n, float(opts["fweight"]) if g.has_forces else 0.0))
         self.table = {k: np.concatenate(v) for k, v in cols.items()}
@@ -292,10 +303,10 @@ class ConfigSet:
     def prepared_bytes(self, dtype):
         return int(self.config_bytes(dtype).sum())
 
-    def prepare(self, shift, scale, option, dtype, device, order=None):
+    def prepare(self, shift, scale, option, dtype, device, order=None, pin=False):
         """PreparedSet of these configurations, or of those at positions ``order`` in this set."""
         sub = self if order is None else ConfigSet(self.data, self.ids[np.asarray(order)])
-        return PreparedSet(sub, shift, scale, option, dtype, device)
+        return PreparedSet(sub, shift, scale, option, dtype, device, pin)
 
 
 # ----------------------------------------------------------------------------- prepared data
@@ -319,10 +330,11 @@ class PreparedSet:
 
     Host arrays (numpy) describe the layout; ``x`` (A, Kx), ``grad`` (R, K) and ``force``
     (A, 3) are tensors on ``device``. Gradient rows keep the within-set atom numbers of
-    their atom i and of the displaced atom j (and the direction a).
+    their atom i and of the displaced atom j (and the direction a). With ``pin`` and a CUDA
+    device the host copies are page-locked and sent without waiting (streamed chunks).
     """
 
-    def __init__(self, cs, shift, scale, option, dtype, device):
+    def __init__(self, cs, shift, scale, option, dtype, device, pin=False):
         data = cs.data
         self.option, self.n_el = option, len(data.elements)
         self.device, self.dtype = torch.device(device), dtype
@@ -340,9 +352,10 @@ class PreparedSet:
         self.has_forces = R > 0 and bool(np.any(self.w_force > 0))
         shift = np.asarray(shift, dtype=np.float64)
         scale = np.asarray(scale, dtype=np.float64)
-        x = torch.empty((A, kx), dtype=dtype)
-        grad = torch.empty((R, K), dtype=dtype)
-        force = torch.empty((A, 3), dtype=dtype)
+        pin = pin and self.device.type == "cuda"
+        x = torch.empty((A, kx), dtype=dtype, pin_memory=pin)
+        grad = torch.empty((R, K), dtype=dtype, pin_memory=pin)
+        force = torch.empty((A, 3), dtype=dtype, pin_memory=pin)
         self.types = np.empty(A, np.int64)
         self.row_i = np.empty(R, np.int32)
         self.row_j = np.empty(R, np.int32)
@@ -375,18 +388,20 @@ class PreparedSet:
             grad[torch.from_numpy(rdst)] = torch.from_numpy(gv).to(dtype)
             del gv
             g.release_pages()  # keep only the prepared copy resident
-        self.x = x.to(self.device)
-        self.grad = grad.to(self.device)
-        self.force = force.to(self.device)
+        self.x = x.to(self.device, non_blocking=pin)
+        self.grad = grad.to(self.device, non_blocking=pin)
+        self.force = force.to(self.device, non_blocking=pin)
         self.M, self.A, self.R = M, A, R
 
     def batches(self, order, batch_size):
-        """The batches of one pass over the configurations in ``order``, built in one go."""
+        """The batches of one pass over the configurations in ``order``, built in one go
+        (``batch_size``: an int, or the size of each batch, see ``batch_sizes``)."""
         order = np.asarray(order, dtype=np.int64)
         M, dev = len(order), self.device
-        starts = np.arange(0, M, batch_size)
+        sizes = batch_sizes(M, batch_size)
+        starts = np.cumsum(sizes) - sizes
         nb = len(starts)
-        cb = np.arange(M) // batch_size
+        cb = np.repeat(np.arange(nb), sizes)
         nat, nr = self.natoms[order], self.nrows[order]
         atom_ids = concat_ranges(self.atom_start[order], nat)
         atom_pos = np.repeat(np.arange(M), nat)  # position of each atom's config in the pass
@@ -402,7 +417,7 @@ class PreparedSet:
         pos = np.empty(self.A, np.int64)
         pos[atom_ids] = np.arange(len(atom_ids)) - first_atom[atom_batch]
         atom_config = atom_pos - starts[atom_batch]
-        configs_per_batch = np.diff(np.append(starts, M)).tolist()
+        configs_per_batch = sizes.tolist()
         n_atoms = atoms_per_batch.tolist()
 
         def split(arr, sizes, dtype=None):
@@ -479,7 +494,8 @@ class StreamStore:
     def chunks(self, order, batch_size):
         """Position ranges [s, e) of ``order``, whole batches each, of at most chunk_bytes."""
         order = np.asarray(order)
-        starts = np.arange(0, len(order), batch_size)
+        sizes = batch_sizes(len(order), batch_size)
+        starts = np.cumsum(sizes) - sizes
         batch_bytes = np.add.reduceat(self.config_bytes[order], starts) if len(order) else np.zeros(0)
         out, s, acc = [], 0, 0
         for b, nbytes in enumerate(batch_bytes.tolist()):
@@ -492,20 +508,24 @@ class StreamStore:
         return out
 
     def _prepare(self, order):
-        prepared = self.cs.prepare(self.shift, self.scale, self.option, self.dtype, self.device, order)
+        # page-locked host copies on CUDA: the upload does not hold up the reading thread
+        prepared = self.cs.prepare(self.shift, self.scale, self.option, self.dtype, self.device, order, pin=True)
         self.cs.data.release_pages()
         return prepared
 
     def epoch(self, order, batch_size):
         order = np.asarray(order)
         chunks = self.chunks(order, batch_size)
+        sizes = batch_sizes(len(order), batch_size)
+        starts = np.cumsum(sizes) - sizes
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(self._prepare, order[slice(*chunks[0])]) if chunks else None
             for k in range(len(chunks)):
                 prepared = pending.result()
                 if k + 1 < len(chunks):
                     pending = pool.submit(self._prepare, order[slice(*chunks[k + 1])])
-                yield prepared, prepared.batches(np.arange(prepared.M), batch_size)
+                s, e = chunks[k]
+                yield prepared, prepared.batches(np.arange(prepared.M), sizes[(starts >= s) & (starts < e)])
                 del prepared
 
 

@@ -3,7 +3,7 @@
 Conventions (FitSNAP's PyTorch solver's, so scripts written for its files keep working):
 
 * ``*_Truth`` and ``*_Pred`` are the *fitted* quantities, as FitSNAP writes them: the DFT
-  value minus the reference potential (``reference:``) and minus the per-element ``eshift``
+  value plus the per-element ``eshift`` (FitSNAP adds it) minus the reference potential
   energies, i.e. what the network is trained on. The errors are the same as for total
   energies and forces (the reference cancels); configs.pickle also keeps the DFT and
   reference values.
@@ -208,7 +208,7 @@ def evaluate_model(model, folders, cfg, split=None, info=None, where="model"):
                 "natoms": natoms[index],
                 "set": sets,
                 "eshift": shift[index],
-                "energy_truth": np.asarray(arrays["energy_target"])[index] - shift[index],
+                "energy_truth": np.asarray(arrays["energy_target"])[index] + shift[index],
                 "energy_pred": energy[index],
                 "types": types[atoms].astype(np.int32),
                 "force_truth": np.asarray(arrays["force_target"])[atoms],
@@ -343,7 +343,7 @@ def metrics_notes(ev):
     notes = [
         "Energy: per-configuration error in eV/atom, Count = configurations; "
         "Force: per-component error in eV/&Aring;, Count = atoms.",
-        "Truth = DFT minus reference potential and eshift (the fitted quantity, as in FitSNAP).",
+        "Truth = DFT plus eshift minus the reference potential (the fitted quantity, as in FitSNAP).",
         "Train includes the validation configurations that selected the model; "
         "Test is data the fit never saw.",
     ]

@@ -15,6 +15,10 @@ no resume path); a rerun with the same settings continues from there, and the fi
 when the fit ends (Snakemake deletes a job's declared outputs before rerunning it, so the resume
 state must not be one of them).
 
+Under torchrun (several processes: GPUs or nodes) each rank trains on its share of every
+global batch and the gradients are summed, which gives the fit of one process with the same
+batches (potflow/distributed.py says how); rank 0 writes the files.
+
 ``save_state_input`` restarts from a checkpoint: its weights, optimiser, schedule, random
 streams and loss history, continuing to ``num_epochs`` epochs in all (CPU runs end exactly where
 an uninterrupted run ends). With ``num_epochs: 1`` (FitSNAP's way of asking for errors of an
@@ -34,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from potflow import distributed
 from potflow.config import descriptor_key, settings_hash
-from potflow.dataset import FitData, make_store
+from potflow.dataset import ConfigSet, FitData, batch_sizes, make_store
 from potflow.errors import PotflowInputError
 from potflow.fileio import atomic_path
 from potflow.model import AtomicEnergyModel, model_from_record, model_record, save_model
@@ -74,18 +79,25 @@ def batch_loss_sum(model, batch, grad):
 
 
 @torch.no_grad()
-def set_loss(model, store, batch_size=None):
-    """L over every configuration of a store (nan when it is empty); no graph is built."""
+def set_loss_sum(model, store, batch_size=None):
+    """Sum of the per-configuration losses over a store (0 when it is empty); no graph is built."""
+    total = 0.0
     if store is None or len(store) == 0:
-        return float("nan")
+        return total
     model.eval()
-    total = None
     order = np.arange(len(store))
     for prepared, batches in store.epoch(order, batch_size or len(store)):
         for b in batches:
-            t = batch_loss_sum(model, b, prepared.grad)
-            total = t if total is None else total + t
-    return total.item() / len(store)
+            total = total + batch_loss_sum(model, b, prepared.grad)
+    return total
+
+
+def set_loss(model, store, n_configs, batch_size=None, device="cpu"):
+    """L over the ``n_configs`` configurations of a set, of which ``store`` holds this rank's
+    share (all of them in one process); nan for an empty set."""
+    if not n_configs:
+        return float("nan")
+    return distributed.sum_across([set_loss_sum(model, store, batch_size)], device)[0] / n_configs
 
 
 def big_batch(store, at_least):
@@ -98,12 +110,26 @@ def big_batch(store, at_least):
 # ----------------------------------------------------------------------------- settings
 
 
-def resolve_device(name):
+def resolve_device(name, ranks=None):
+    """The training device; with several processes, GPU LOCAL_RANK of those a process sees."""
+    ranks = ranks or distributed.Ranks()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PotflowInputError("config", f"config field 'pytorch.device': '{name}' but CUDA is not available")
+    if dev.type == "cuda" and ranks.world > 1:
+        if dev.index is not None:
+            raise PotflowInputError(
+                "config", f"config field 'pytorch.device': '{name}' names one GPU but training runs in "
+                f"{ranks.world} processes (one GPU each); use auto or cuda"
+            )
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise PotflowInputError(
+                "resources.train_gpus", f"{ranks.world} training processes on this node but it shows "
+                f"{torch.cuda.device_count()} GPU(s) (CUDA_VISIBLE_DEVICES)"
+            )
+        dev = torch.device("cuda", ranks.local_rank)
     return dev
 
 
@@ -188,15 +214,17 @@ def _clean_stale_temporaries(path):
             tmp.unlink()
 
 
-def start_state(cfg, model, resume, run_hash):
+def start_state(cfg, model, resume, run_hash, clean=True):
     """(record or None, source, from save_state_input): where a fit starts.
 
     A resume state of the same fit (same run hash) wins; a resume state of other settings is
-    ignored; then ``save_state_input``; else a new model.
+    ignored; then ``save_state_input``; else a new model. ``clean``: remove the temporaries a
+    killed write left (one process of several does it).
     """
     tcfg = cfg["pytorch"]
     if resume is not None:
-        _clean_stale_temporaries(resume)
+        if clean:
+            _clean_stale_temporaries(resume)
         if Path(resume).exists():
             try:
                 rec = read_checkpoint(resume)
@@ -255,12 +283,32 @@ class _Screen:
 
 
 def train(cfg, folders, paths, progress=True, stream=None):
-    """Fit the model on the descriptor folders; write the files in ``paths``; return a summary."""
+    """Fit the model on the descriptor folders; write the files in ``paths``; return a summary.
+
+    In a process group (torchrun, ``distributed.init_from_env``) every rank calls this with the
+    same arguments; rank 0 alone prints and writes the files.
+    """
+    if distributed.ranks().main:
+        return _train(cfg, folders, paths, progress, stream)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        return _train(cfg, folders, paths, False, stream)
+
+
+def _batches_of_pass(store, order, sizes):
+    """(gradient rows, batch) of one pass in ``order``, one batch at a time; sizes 0 (a rank
+    without configurations in a global batch) give no batch."""
+    for prepared, batches in store.epoch(order, sizes[sizes > 0]):
+        for b in batches:
+            yield prepared.grad, b
+
+
+def _train(cfg, folders, paths, progress, stream):
     tcfg = cfg["pytorch"]
+    ranks = distributed.ranks()
     if tcfg["threads"] > 0:
         torch.set_num_threads(tcfg["threads"])
     dtype = {"float32": torch.float32, "float64": torch.float64}[tcfg["dtype"]]
-    device = resolve_device(tcfg["device"])
+    device = resolve_device(tcfg["device"], ranks)
     data = FitData(cfg, folders)
     train_cs, val_cs = data.subset("train"), data.subset("val")
     bs = tcfg["batch_size"]
@@ -268,10 +316,16 @@ def train(cfg, folders, paths, progress=True, stream=None):
         raise PotflowInputError(
             "config", f"config field 'pytorch.batch_size': {bs} is larger than the training set ({len(train_cs)} configurations)"
         )
+    if ranks.world > len(train_cs):
+        raise PotflowInputError(
+            "config", f"config field 'resources.train_gpus': {ranks.world} training processes but "
+            f"{len(train_cs)} training configurations"
+        )
     for note in data.notes:
         print(note)
 
     seed = tcfg["seed"] if tcfg["manual_seed_flag"] else int.from_bytes(os.urandom(4), "little")
+    seed = distributed.broadcast_int(seed, device)  # one shuffle for all ranks
     torch.manual_seed(seed)
     layers = tcfg["layer_sizes"]
     model = AtomicEnergyModel(
@@ -280,12 +334,13 @@ def train(cfg, folders, paths, progress=True, stream=None):
     model_hash = settings_hash(model_settings(cfg, model))
     run_hash = settings_hash(run_settings(cfg, [g.name for g in data.groups]))
 
-    state, source, loaded_input = start_state(cfg, model, paths.resume, run_hash)
+    state, source, loaded_input = start_state(cfg, model, paths.resume, run_hash, clean=ranks.main)
     epochs_done, history, best = 0, [], None
     bad_epochs, stopped = 0, False
     if state is None:
-        model.set_standardisation_moments(*train_cs.moments())
-        model.set_energy_offsets(*train_cs.energy_offsets())
+        if ranks.main:  # statistics of the whole training set; the other ranks receive them
+            model.set_standardisation_moments(*train_cs.moments())
+            model.set_energy_offsets(*train_cs.energy_offsets())
     elif state["format"] == CHECKPOINT_FORMAT:
         model.load_state_dict(state["model"]["state_dict"])
         epochs_done = int(state["epochs_done"])
@@ -298,6 +353,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
         model.load_state_dict(model_from_record(state, source).state_dict())
         epochs_done = int(state.get("info", {}).get("epochs_trained", 0))
     model.to(device=device, dtype=dtype)
+    distributed.broadcast_module(model)  # rank 0's weights, shift and scale on every rank
 
     # the fused step is one kernel per step (much less Python overhead at small batches)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg["learning_rate"], fused=True)
@@ -320,15 +376,19 @@ def train(cfg, folders, paths, progress=True, stream=None):
     scale = model.scale.detach().cpu().double().numpy()
     budget = tcfg["memory_budget_mb"]
     budget = None if budget is None else int(budget * 2**20)
-    total_bytes = train_cs.prepared_bytes(dtype) + val_cs.prepared_bytes(dtype)
+    # a rank holds (or streams) its own share of the configurations: all of them in one process
+    train_mine = ConfigSet(data, train_cs.ids[ranks.share(len(train_cs))])
+    val_mine = ConfigSet(data, val_cs.ids[ranks.share(len(val_cs))])
+    total_bytes = train_mine.prepared_bytes(dtype) + val_mine.prepared_bytes(dtype)
     if stream is None:
         stream = budget is not None and total_bytes > budget
     share = None if budget is None else budget // 2
     option = model.option
-    train_store = make_store(train_cs, shift, scale, option, dtype, device, share, stream)
-    val_store = make_store(val_cs, shift, scale, option, dtype, device, share, stream) if len(val_cs) else None
+    train_store = make_store(train_mine, shift, scale, option, dtype, device, share, stream)
+    val_store = make_store(val_mine, shift, scale, option, dtype, device, share, stream) if len(val_mine) else None
     # no graph in validation: big batches, as many configurations as a streamed chunk holds
-    val_bs = len(val_cs) if not stream else big_batch(val_store, bs)
+    val_bs = len(val_mine) if not stream else big_batch(val_store, bs)
+    n_val = len(val_cs)
 
     num_epochs = tcfg["num_epochs"]
     end = epochs_done if (loaded_input and num_epochs == 1) else max(num_epochs, epochs_done)
@@ -338,12 +398,13 @@ def train(cfg, folders, paths, progress=True, stream=None):
         f"potflow training: {len(train_cs)} train / {len(val_cs)} validation / {len(data.ids('test'))} test "
         f"configurations, {data.num_desc} descriptors, option {option}, {tcfg['dtype']} on {device}, "
         f"{torch.get_num_threads()} thread(s), data {'streamed' if stream else 'in memory'} "
-        f"({total_bytes / 2**20:.1f} MB), start: {source}"
+        f"({total_bytes / 2**20:.1f} MB{' per process' if ranks.world > 1 else ''}), start: {source}"
+        + (f", {ranks.world} processes" if ranks.world > 1 else "")
         + (f" at epoch {epochs_done}" if epochs_done else "")
     )
     sys.stdout.flush()
 
-    has_val = val_store is not None
+    has_val = n_val > 0
     best_val = best["val_loss"] if best else math.inf
     save_freq = tcfg["save_freq"]
     screen = _Screen(end, epochs_done, progress)
@@ -371,35 +432,41 @@ def train(cfg, folders, paths, progress=True, stream=None):
         }
 
     start = epochs_done
-    initial_val = set_loss(model, val_store, val_bs) if start == 0 and start < end else math.nan
+    initial_val = set_loss(model, val_store, n_val, val_bs, device) if start == 0 and start < end else math.nan
     if math.isfinite(initial_val):
         print(f"validation loss before training: {initial_val}")
     epoch_seconds = []
     periodic = paths.resume if paths.resume is not None else paths.checkpoint
+    params = list(model.parameters())
+    M = len(train_cs)
+    sizes = batch_sizes(M, bs)  # the global batches
     try:
         for epoch in range(start, end):
             t0 = time.perf_counter()
             model.train()
-            M = len(train_cs)
             order = torch.randperm(M, generator=shuffle).numpy() if tcfg["shuffle_flag"] else np.arange(M)
+            # this rank's configurations of each global batch (each batch's whole, in one process)
+            mine, my_sizes = distributed.shard_batches(order, sizes, ranks)
+            batches = _batches_of_pass(train_store, mine, my_sizes)
             loss_sum = torch.zeros((), dtype=dtype, device=device)
-            n_batches = 0
-            for prepared, batches in train_store.epoch(order, bs):
-                grad = prepared.grad
-                for b in batches:
-                    loss = batch_loss_sum(model, b, grad) / b.n_configs
-                    optimizer.zero_grad(set_to_none=True)
+            for n_batch, n_mine in zip(sizes.tolist(), my_sizes.tolist(), strict=True):
+                optimizer.zero_grad(set_to_none=True)
+                if n_mine:
+                    grad, b = next(batches)
+                    # this rank's share of the batch mean: the summed gradients are the mean's
+                    loss = batch_loss_sum(model, b, grad) / n_batch
                     loss.backward()
-                    optimizer.step()
                     loss_sum += loss.detach()
-                    n_batches += 1
-            train_loss = loss_sum.item() / n_batches
+                distributed.all_reduce_gradients(params)
+                optimizer.step()
+            batches.close()
+            train_loss = distributed.sum_across([loss_sum], device)[0] / len(sizes)
             if not math.isfinite(train_loss):
                 raise PotflowInputError(
                     "config", f"config field 'pytorch.learning_rate': training diverged (loss {train_loss}) "
                     f"at epoch {epoch}; lower the learning rate"
                 )
-            val_loss = set_loss(model, val_store, val_bs)
+            val_loss = set_loss(model, val_store, n_val, val_bs, device)
             history.append([float(epoch), train_loss, val_loss])
             epochs_done = epoch + 1
             if has_val and val_loss < best_val:
@@ -419,7 +486,7 @@ def train(cfg, folders, paths, progress=True, stream=None):
                     scheduler.step()
             patience = tcfg["early_stopping_patience"]
             stopped = bool(patience and has_val and bad_epochs >= patience)
-            if epochs_done % save_freq == 0 or stopped or epochs_done == end:
+            if ranks.main and (epochs_done % save_freq == 0 or stopped or epochs_done == end):
                 write_checkpoint(periodic, record())
             seconds = time.perf_counter() - t0
             epoch_seconds.append(seconds)
@@ -437,8 +504,11 @@ def train(cfg, folders, paths, progress=True, stream=None):
 
     if epochs_done == start:
         # nothing was trained: evaluate the loaded model as it is
-        train_eval = make_store(train_cs, shift, scale, option, dtype, device, share, stream)
-        evaluated = (set_loss(model, train_eval, big_batch(train_eval, bs) if stream else None), set_loss(model, val_store, val_bs))
+        train_eval = make_store(train_mine, shift, scale, option, dtype, device, share, stream)
+        evaluated = (
+            set_loss(model, train_eval, M, big_batch(train_eval, bs) if stream else None, device),
+            set_loss(model, val_store, n_val, val_bs, device),
+        )
         print(f"evaluation of {source} (no training): train/val loss: {evaluated[0]} {evaluated[1]}")
         if not history:
             history = [[float(max(epochs_done - 1, 0)), evaluated[0], evaluated[1]]]
@@ -459,18 +529,21 @@ def train(cfg, folders, paths, progress=True, stream=None):
             info["note"] = "no validation configurations: the last epoch is used"
     row = rows.get(info["epoch"], [info["epoch"], math.nan, math.nan])
     info.update(train_loss=float(row[1]), val_loss=float(row[2]))
-    save_model(paths.model, model, **info)
+    if ranks.main:
+        save_model(paths.model, model, **info)
     model.load_state_dict(last_state)
-    write_checkpoint(paths.checkpoint, record())
-    write_loss_file(paths.loss, history)
-    data.write_split(paths.split)
-    if paths.resume is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(paths.resume)
+    if ranks.main:
+        write_checkpoint(paths.checkpoint, record())
+        write_loss_file(paths.loss, history)
+        data.write_split(paths.split)
+        if paths.resume is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(paths.resume)
+    distributed.barrier()  # the files are complete when any rank returns
     print(f"model: {paths.model} ({info['selection']} epoch {info['epoch']}, validation loss {info['val_loss']})")
     return {
         "info": info, "history": history, "epochs_done": epochs_done, "streamed": bool(stream),
-        "epoch_seconds": epoch_seconds, "initial_val_loss": initial_val,
+        "epoch_seconds": epoch_seconds, "initial_val_loss": initial_val, "last_state": last_state,
     }  # fmt: skip
 
 

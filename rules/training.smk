@@ -1,4 +1,5 @@
-# The sections a fit depends on (its params): editing md, outfile or test_sets keeps the fit.
+# The sections a fit depends on, as canonical JSON (params): editing md, outfile or test_sets,
+# or reordering keys, keeps the fit.
 TRAINING_SECTIONS = (
     "bispectrum",
     "calculator",
@@ -29,12 +30,16 @@ rule train:
         f"{RESULTS}/fits/{{fit}}/train_benchmark.tsv"
     conda:
         "../envs/potflow.yaml"
-    threads: 1
+    # resources.train_gpus > 1: one training process per GPU, started by torchrun
+    threads: max(1, POTFLOW["resources"]["train_gpus"])
     resources:
         gpu=POTFLOW["resources"]["train_gpus"],
-        mem_mb=lambda w: 1500 + (FITS[w.fit]["pytorch"]["memory_budget_mb"] or 8000),
+        mem_mb=lambda w: max(1, POTFLOW["resources"]["train_gpus"])
+        * (1500 + (FITS[w.fit]["pytorch"]["memory_budget_mb"] or 8000)),
     params:
-        config=lambda w: {k: FITS[w.fit][k] for k in TRAINING_SECTIONS},
+        settings=lambda w: pfconfig.canonical_json(
+            {k: FITS[w.fit][k] for k in TRAINING_SECTIONS}
+        ),
         resume=lambda w: f"{fit_dir(w.fit)}/resume.pt",
     script:
         "../workflow_scripts/train.py"

@@ -244,17 +244,17 @@ def test_validation_configs_are_reported_as_train(workdir, written):
 
 
 def test_truth_is_the_fitted_quantity_with_eshift(workdir, written):
-    """Energy_Truth = (E_DFT - E_ref - eshift) / N; Force truth = F_DFT - F_ref (FitSNAP's convention)."""
+    """Energy_Truth = (E_DFT + eshift - E_ref) / N; Force truth = F_DFT - F_ref (FitSNAP's convention)."""
     cfg = dict(workdir["cfg"], eshift={"Ta": -2.5})
     shifted = pfe.evaluate_fit(cfg, workdir["fit"] / "model.pt", workdir["fit"] / "split.tsv", workdir["folders"])
     ev = written["ev"]
-    np.testing.assert_allclose(shifted["energy_truth"], ev["energy_truth"] + 2.5 * ev["natoms"], rtol=1e-12)
+    np.testing.assert_allclose(shifted["energy_truth"], ev["energy_truth"] - 2.5 * ev["natoms"], rtol=1e-12)
     np.testing.assert_array_equal(shifted["energy_pred"], ev["energy_pred"])
     arrays, _ = open_group(workdir["folders"]["GSF_110"])
     sel = np.flatnonzero(ev["groups"][ev["group"]] == "GSF_110")
     m = ev["index"][sel]
     np.testing.assert_allclose(
-        shifted["energy_truth"][sel], arrays["energy"][m] - arrays["ref_energy"][m] + 2.5 * arrays["natoms"][m]
+        shifted["energy_truth"][sel], arrays["energy"][m] - arrays["ref_energy"][m] - 2.5 * arrays["natoms"][m]
     )
     assert np.abs(arrays["ref_energy"][m]).max() > 1e-3  # ZBL reference is really subtracted
     atom0 = int(ev["natoms"][: sel[0]].sum())
@@ -278,7 +278,7 @@ def test_configs_pickle_records(workdir, written, tmp_path):
         assert rec["filename"] == row["Filename"] and rec["group"] == row["Group"]
         assert rec["positions"].shape == (n, 3) and rec["descriptors"].shape[0] == n
         assert rec["force_pred"].shape == (n, 3) and rec["cell"].shape == (3, 3)
-        assert rec["energy_target"] == pytest.approx(rec["energy"] - rec["ref_energy"] - rec["eshift"])
+        assert rec["energy_target"] == pytest.approx(rec["energy"] - rec["ref_energy"] + rec["eshift"])
         assert rec["energy_target"] / n == pytest.approx(row["Energy_Truth"], rel=1e-12)
         assert rec["energy_pred"] / n == pytest.approx(row["Energy_Pred"], rel=1e-12)
         assert rec["testing_bool"] == row["Testing_Bool"]

@@ -14,6 +14,7 @@ from tiny_ta import copy_tiny_groups, tiny_config
 
 from potflow.config import descriptor_key, prepare_config
 from potflow.descriptors import ARRAYS, read_meta
+from potflow.model import load_model
 
 OUTER = '''import sys
 
@@ -81,6 +82,9 @@ def test_potflow_runs_as_a_module(repo_root, shared_data, tmp_path):
         assert all((folder / f"{name}.npy").is_file() for name in ARRAYS)
         assert (outer / "results" / "logs" / "descriptors" / dkey / f"{group}.log").is_file()
     assert sorted(p.stem for p in (outer / "results" / "data").glob("*.npz")) == sorted(groups)
+    # and the fit: the model file of the outer workflow's run
+    _, info = load_model(outer / "results" / "fits" / "default" / "model.pt")
+    assert info["epochs_trained"] == cfg["pytorch"]["num_epochs"]
 
 
 def test_module_config_errors_name_the_field(repo_root, shared_data, tmp_path):

@@ -6,9 +6,10 @@ states. So this checks what potflow asks the cluster for (the sbatch options of 
 and that the jobs, run the way the plugin runs them (sbatch --wrap -> snakemake
 --executor slurm-jobstep -> srun -> snakemake), produce correct outputs.
 
-To check another rule (e.g. training), add its target to TARGETS, its job count to
-EXPECTED_JOBS and its expected sbatch options to REQUESTS (a GPU rule: "gpus", "cpus_per_gpu");
-the srun check below already expects --gpus/--cpus-per-gpu for jobs that asked for a GPU.
+To check another rule, add its target to `targets()`, its job count to EXPECTED_JOBS and its
+expected sbatch options to REQUESTS (a GPU rule: "gpus", "cpus_per_gpu"); the srun check
+below already expects --gpus/--cpus-per-gpu for jobs that asked for a GPU. Evaluation, export
+and MD are left out (their jobs add minutes through the stand-ins, not new requests).
 """
 
 import json
@@ -24,22 +25,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from tiny_ta import copy_tiny_groups, tiny_config, write_config
 
 from potflow.config import descriptor_key, prepare_config
 from potflow.descriptors import ARRAYS, read_meta
+from potflow.model import load_model
 from potflow.resources import descriptor_job_resources
 
 STANDIN = Path(__file__).resolve().parent / "slurm_standin"
 # Jobs per rule for the tiny dataset (3 groups); `all` runs on the submit host, not via sbatch.
-EXPECTED_JOBS = {"import_group": 3, "compute_descriptors": 3}
-TARGETS = []  # default target (`all`): the descriptor folders
+EXPECTED_JOBS = {"import_group": 3, "compute_descriptors": 3, "train": 1}
 # sbatch options every job of a rule must carry (values as sbatch sees them).
 REQUESTS = {
     "import_group": {"ntasks": "1", "cpus_per_task": "1", "time": "15"},
     "compute_descriptors": {"ntasks": "1", "cpus_per_task": "1"},
+    "train": {"gpus": "1", "cpus_per_gpu": "8", "time": "720", "mem": "32000"},
 }
+
+
+def targets(groups, cfg):
+    """The descriptor folders and the fitted model."""
+    dkey = descriptor_key(cfg)
+    return [f"results/descriptors/{dkey}/{g}" for g in groups] + ["results/fits/default/model.pt"]
 GPU_OPTIONS = ("gpus", "gres", "cpus_per_gpu")
 
 
@@ -120,17 +129,28 @@ def tiny_run(shared_data, tmp_path):
     return workdir, groups, prepare_config(cfg)
 
 
-def test_profile_is_valid_yaml_with_gpu_training(repo_root):
+def test_profile_is_valid_yaml_with_gpu_training(repo_root, tiny_run):
     profile = yaml.safe_load((repo_root / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
     train = profile["set-resources"]["train"]
-    assert train["gpu"] == 1 and train["cpus_per_gpu"] >= 1 and train["runtime"] > 0
+    # the GPU count is the rule's (config resources.train_gpus): the profile must not fix it
+    assert "gpu" not in train and train["cpus_per_gpu"] >= 1 and train["runtime"] > 0
     assert profile["set-threads"]["train"] == train["cpus_per_gpu"]
+    # every rule the profile names exists (a renamed rule would silently lose its resources)
+    workdir, _, _ = tiny_run
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(repo_root / "Snakefile"), "--list-rules"],
+        cwd=workdir, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rules = set(res.stdout.split())
+    named = set(profile.get("set-resources", {})) | set(profile.get("set-threads", {}))
+    assert named and named <= rules, named - rules
 
 
 def test_descriptor_jobs_on_slurm(repo_root, tiny_run, tmp_path):
     workdir, groups, cfg = tiny_run
-    run = run_with_standin_slurm(repo_root, workdir, tmp_path / "slurm", *TARGETS)
+    run = run_with_standin_slurm(repo_root, workdir, tmp_path / "slurm", *targets(groups, cfg))
     assert run.returncode == 0, run.output[-5000:]
 
     # which jobs were submitted, and that each ran to completion through sbatch and srun
@@ -174,6 +194,15 @@ def test_descriptor_jobs_on_slurm(repo_root, tiny_run, tmp_path):
             assert (folder / f"{name}.npy").is_file(), (group, name)
         natoms = np.load(folder / "natoms.npy")
         assert len(np.load(folder / "descriptors.npy")) == natoms.sum() == meta["num_atoms"]
+
+    # the training job: a GPU asked for, the model fitted; the stand-in's node has no GPU
+    # (CUDA_VISIBLE_DEVICES=0 all the same), so training fell back to the CPU
+    fit = workdir / "results" / "fits" / "default"
+    model, info = load_model(fit / "model.pt")
+    assert info["epochs_trained"] == cfg["pytorch"]["num_epochs"] == 2
+    log = (fit / "training.log").read_text()
+    if not torch.cuda.is_available():
+        assert " on cpu," in log, log[-2000:]
 
 
 def test_failed_job_is_reported(repo_root, tiny_run, tmp_path):

@@ -167,7 +167,7 @@ def test_fit_data_targets_weights_and_split_file(ta, tmp_path):
     t = data.table
     g1 = t["group_id"] == 1
     e1 = np.load(Path(folders[1]) / "energy_target.npy")
-    assert np.allclose(t["energy"][g1], e1 + 2.5 * t["natoms"][g1])
+    assert np.allclose(t["energy"][g1], e1 - 2.5 * t["natoms"][g1])
     assert (t["ew"][g1] == 3.0).all() and (t["fw"][g1] == 0.5).all() and (t["ew"][~g1] == 1.0).all()
     data.write_split(tmp_path / "split.tsv")
     rows = (tmp_path / "split.tsv").read_text().splitlines()
@@ -213,7 +213,7 @@ def test_loss_matches_the_formula_by_hand(tawb):
                     torch.from_numpy(np.array(arr["grad_index"][r0:r1], dtype=np.int64)),
                 )  # fmt: skip
             types = g.types[a0 : a0 + n]
-            target_e = arr["energy"][c] - arr["ref_energy"][c] - (-1.0 * (types == 0).sum() + 0.5 * (types == 1).sum())
+            target_e = arr["energy"][c] - arr["ref_energy"][c] + (-1.0 * (types == 0).sum() + 0.5 * (types == 1).sum())
             target_f = np.asarray(arr["forces"][a0 : a0 + n]) - np.asarray(arr["ref_forces"][a0 : a0 + n])
             we, wf = (2.0, 0.3) if g.name == "g0" else (0.7, 1.9)
             terms.append(we * ((e.item() - target_e) / n) ** 2 + wf / (3 * n) * ((f.numpy() - target_f) ** 2).sum())

@@ -18,9 +18,11 @@ CONFIG = {
         "pair_style": "hybrid/overlay zero 10.0 zbl 4.0 4.8",
         "pair_coeff": ["* * zero", "* * zbl 73 73"],
     },
-    "pytorch": {"learning_rate": 1.0e-3},
+    "pytorch": {"learning_rate": 1.0e-3, "num_epochs": 2},
     "groups": {"Volume_BCC": {"eweight": 0.1}},
+    "md": {"enabled": False},
 }
+PER_GROUP = ("import_group", "compute_descriptors")
 
 
 def snakemake(workdir, repo_root, *args):
@@ -67,7 +69,7 @@ def write_config(workdir, cfg):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, repo_root):
-    """A tiny copy of the bundled example (4 groups x 4 configs), imported and described."""
+    """A tiny copy of the bundled example (4 groups x 4 configs), run through the whole workflow."""
     workdir = tmp_path_factory.mktemp("rerun")
     (workdir / "data").mkdir()
     for group in GROUPS:
@@ -80,6 +82,10 @@ def built(tmp_path_factory, repo_root):
     return workdir
 
 
+def per_group(plan):
+    return {rule: plan[rule] for rule in PER_GROUP if rule in plan}
+
+
 def test_training_parameter_reruns_no_descriptor_job(built, repo_root):
     cfg = copy.deepcopy(CONFIG)
     cfg["reference"] = dict(reversed(cfg["reference"].items()))  # reordered keys change nothing
@@ -88,8 +94,10 @@ def test_training_parameter_reruns_no_descriptor_job(built, repo_root):
     cfg["groups"]["Surface_100"] = {"training_size": 0.5, "testing_size": 0.5}
     write_config(built, cfg)
     try:
-        assert job_counts(built, repo_root) == {}
-        assert planned(built, repo_root) == {}
+        counts = job_counts(built, repo_root)
+        assert counts["train"] == 1, counts  # the fit and what follows it do rerun
+        assert not set(PER_GROUP) & set(counts), counts
+        assert per_group(planned(built, repo_root)) == {}
     finally:
         write_config(built, CONFIG)
 
@@ -99,8 +107,10 @@ def test_descriptor_setting_reruns_every_descriptor_job(built, repo_root):
     cfg["bispectrum"] = {"rcutfac": 4.5}
     write_config(built, cfg)
     try:
-        assert job_counts(built, repo_root) == {"compute_descriptors": len(GROUPS), "all": 1}
-        assert planned(built, repo_root) == {"compute_descriptors": set(GROUPS)}
+        counts = job_counts(built, repo_root)
+        assert counts["compute_descriptors"] == len(GROUPS) and "import_group" not in counts, counts
+        assert counts["train"] == 1, counts
+        assert per_group(planned(built, repo_root)) == {"compute_descriptors": set(GROUPS)}
     finally:
         write_config(built, CONFIG)
 
@@ -112,5 +122,10 @@ def test_editing_one_group_reruns_only_that_group(built, repo_root):
     frames[1].positions[0, 0] += 0.01
     time.sleep(0.01)
     ase.io.write(path, frames, format="extxyz")
-    assert job_counts(built, repo_root) == {"import_group": 1, "compute_descriptors": 1, "all": 1}
-    assert planned(built, repo_root) == {"import_group": {"Surface_100"}, "compute_descriptors": {"Surface_100"}}
+    counts = job_counts(built, repo_root)
+    assert counts["import_group"] == 1 and counts["compute_descriptors"] == 1, counts
+    assert counts["train"] == 1, counts  # aggregates over groups rerun too
+    assert per_group(planned(built, repo_root)) == {
+        "import_group": {"Surface_100"},
+        "compute_descriptors": {"Surface_100"},
+    }

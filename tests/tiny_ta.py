@@ -15,6 +15,8 @@ def tiny_config(data_path="data"):
         "scraper": {"scraper": "JSON"},
         "path": {"dataPath": str(data_path)},
         "reference": dict(ZBL),
+        # a short fit (4 training configurations): the workflow tests check the pipeline, not the fit
+        "pytorch": {"layer_sizes": ["num_desc", 16, 1], "num_epochs": 2, "batch_size": 2},
     }
 
 

@@ -1,3 +1,5 @@
+import json
+
 from potflow.descriptors import compute_group_descriptors
 from potflow.rulescript import run_rule
 
@@ -5,9 +7,10 @@ sm = snakemake  # noqa: F821
 
 
 def body():
-    # params.settings holds only what the descriptors depend on, so editing a training
-    # parameter never reruns this job
-    meta = compute_group_descriptors(sm.params.settings, sm.input[0], sm.output[0], sm.wildcards.group)
+    # params.settings holds only what the descriptors depend on, as canonical JSON, so
+    # editing a training parameter or reordering keys never reruns this job
+    settings = json.loads(sm.params.settings)
+    meta = compute_group_descriptors(settings, sm.input[0], sm.output[0], sm.wildcards.group)
     print(
         f"{meta['group']}: {meta['num_configs']} configs, {meta['num_atoms']} atoms, "
         f"{meta['num_grad_rows']} gradient rows, {meta['seconds']} s"

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 from potflow.errors import PotflowInputError
@@ -9,8 +10,9 @@ sm = snakemake  # noqa: F821
 
 def body():
     # claim the job's GPUs (CUDA_VISIBLE_DEVICES) before torch initialises CUDA
+    gpus = int(sm.resources.get("gpu", 0))
     try:
-        claim = claim_gpus(sm.resources.get("gpu", 0), log=print)
+        claim = claim_gpus(gpus, log=print)
     except GpuClaimError as exc:
         raise PotflowInputError("resources.gpu", str(exc)) from None
     from potflow.train import TrainPaths, train
@@ -24,7 +26,14 @@ def body():
             split=Path(out.split),
             resume=Path(sm.params.resume),
         )
-        train(sm.params.config, list(sm.input.descriptors), paths, progress=True)
+        cfg = json.loads(sm.params.settings)  # the sections training depends on
+        folders = list(sm.input.descriptors)
+        if gpus > 1:  # one process per GPU (torchrun); without GPUs they share the CPUs
+            from potflow.distributed import run_torchrun
+
+            run_torchrun(gpus, cfg, folders, paths)
+        else:
+            train(cfg, folders, paths, progress=True)
 
 
 run_rule(body, sm.log[0])
