@@ -16,12 +16,15 @@ use rule train as train_member with:
     log:
         f"{RESULTS}/fits/{{fit}}/committee/member{{member}}/training.log",
     benchmark:
-        f"{RESULTS}/fits/{{fit}}/committee/member{{member}}/train_benchmark.tsv"
+        f"{RESULTS}/logs/fits/{{fit}}/committee/member{{member}}/train_benchmark.tsv"
     params:
-        config=lambda w: {
-            k: pfsweeps.member_config(FITS[w.fit], int(w.member))[k]
-            for k in TRAINING_SECTIONS
-        },
+        # the fit's training settings with the member's seed (the only difference)
+        settings=lambda w: pfconfig.canonical_json(
+            {
+                k: pfsweeps.member_config(FITS[w.fit], int(w.member))[k]
+                for k in TRAINING_SECTIONS
+            }
+        ),
         resume=lambda w: f"{member_dir(w.fit, w.member)}/resume.pt",
 
 

@@ -139,8 +139,13 @@ def leaderboard_sources():
         sources[fit] = {
             "metrics": f"{fit_dir(fit)}/{METRICS}",
             "model": f"{fit_dir(fit)}/model.pt",
-            "benchmarks": [f"{fit_dir(fit)}/train_benchmark.tsv"]
-            + [f"{member_dir(fit, k)}/train_benchmark.tsv" for k in members],
+            "members": [f"{member_dir(fit, k)}/model.pt" for k in members],
+            # Snakemake's benchmark files of the training jobs (rules/training.smk)
+            "benchmarks": [f"{RESULTS}/logs/fits/{fit}/train_benchmark.tsv"]
+            + [
+                f"{RESULTS}/logs/{member_dir(fit, k).removeprefix(RESULTS + '/')}/train_benchmark.tsv"
+                for k in members
+            ],
             "md_summary": f"{fit_dir(fit)}/md/summary.json" if md else None,
             "md_committee": (
                 f"{fit_dir(fit)}/md/committee.json" if md and members else None
@@ -154,9 +159,7 @@ def leaderboard_inputs(wildcards):
     for src in leaderboard_sources().values():
         files += [src["metrics"], src["model"], src["md_summary"], src["md_committee"]]
         # a benchmark file is written by its training job: depend on that job's model
-        files += [
-            b.replace("train_benchmark.tsv", "model.pt") for b in src["benchmarks"]
-        ]
+        files += src["members"]
     return sorted(set(f for f in files if f))
 
 

@@ -41,7 +41,7 @@ rule test_set_descriptors:
     resources:
         mem_mb=lambda w, input: 1000 + 40 * max(1, int(input.size_mb)),
     params:
-        settings=lambda w: DESCRIPTOR_SETTINGS[w.dkey],
+        settings=lambda w: pfconfig.canonical_json(DESCRIPTOR_SETTINGS[w.dkey]),
     script:
         "../workflow_scripts/compute_descriptors.py"
 

@@ -27,7 +27,7 @@ rule train:
     log:
         f"{RESULTS}/fits/{{fit}}/training.log",
     benchmark:
-        f"{RESULTS}/fits/{{fit}}/train_benchmark.tsv"
+        f"{RESULTS}/logs/fits/{{fit}}/train_benchmark.tsv"
     conda:
         "../envs/potflow.yaml"
     # resources.train_gpus > 1: one training process per GPU, started by torchrun

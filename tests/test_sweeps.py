@@ -304,3 +304,20 @@ def test_leaderboard_without_benchmark_or_md(tmp_path):
     src = make_fit_files(tmp_path / "x", [8], 0.1, 0.01, 0.0, [])
     row = lb.fit_row("x", src["metrics"], src["model"], [tmp_path / "missing.tsv"])
     assert np.isnan(row["train_wall_s"]) and np.isnan(row["md_drift"])
+
+
+def test_train_command_takes_the_named_fit_of_a_sweep(tmp_path, datadir):
+    from potflow.distributed import job_from_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(datadir) | {"sweep": {"pytorch.layer_sizes": LAYERS[:2]}}))
+    cfg, folders, paths = job_from_config(path, tmp_path / "results", "layer_sizes-16x16")
+    assert cfg["pytorch"]["layer_sizes"] == ["num_desc", 16, 16, 1]
+    assert paths.model == tmp_path / "results" / "fits" / "layer_sizes-16x16" / "model.pt"
+    assert len(folders) == len(GROUPS)
+    with pytest.raises(PotflowInputError, match="has no fit 'default'"):
+        job_from_config(path, tmp_path / "results", "default")
+    # a config of one fit trains under the name given
+    path.write_text(yaml.safe_dump(base_config(datadir)))
+    cfg, _, paths = job_from_config(path, tmp_path / "results", "mine")
+    assert paths.model.parent.name == "mine" and cfg["pytorch"]["layer_sizes"] == ["num_desc", 64, 64, 1]
