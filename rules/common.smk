@@ -141,10 +141,9 @@ def leaderboard_sources():
             "model": f"{fit_dir(fit)}/model.pt",
             "members": [f"{member_dir(fit, k)}/model.pt" for k in members],
             # Snakemake's benchmark files of the training jobs (rules/training.smk)
-            "benchmarks": [f"{RESULTS}/logs/fits/{fit}/train_benchmark.tsv"]
-            + [
-                f"{RESULTS}/logs/{member_dir(fit, k).removeprefix(RESULTS + '/')}/train_benchmark.tsv"
-                for k in members
+            "benchmarks": [
+                f"{RESULTS}/logs/fits/{fit}/{sub}train_benchmark.tsv"
+                for sub in ["", *(f"committee/member{k}/" for k in members)]
             ],
             "md_summary": f"{fit_dir(fit)}/md/summary.json" if md else None,
             "md_committee": (
