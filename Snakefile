@@ -40,6 +40,8 @@ include: "rules/evaluation_common.smk"
 include: "rules/evaluation.smk"
 include: "rules/export.smk"
 include: "rules/md.smk"
+include: "rules/committee.smk"
+include: "rules/sweeps.smk"
 
 
 rule all:

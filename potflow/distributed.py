@@ -250,9 +250,17 @@ def configure_parser(parser):
 def job_from_config(config_path, results="results", fit="default"):
     """(config, descriptor folders, TrainPaths) as the training rule lays them out."""
     from potflow.config import descriptor_key, fit_groups, load_config
+    from potflow.errors import PotflowInputError
+    from potflow.sweeps import expand_fits
     from potflow.train import TrainPaths
 
-    cfg = load_config(config_path)
+    # a config with fits:/sweep: names its fits; a config of one fit trains under any name
+    fits = expand_fits(load_config(config_path), source=config_path)
+    if len(fits) == 1:
+        fits = {fit: next(iter(fits.values()))}
+    if fit not in fits:
+        raise PotflowInputError(config_path, f"has no fit '{fit}' (its fits: {', '.join(fits)})")
+    cfg = fits[fit]
     results = Path(results)
     key = descriptor_key(cfg)
     folders = [str(results / "descriptors" / key / g) for g in fit_groups(cfg)]

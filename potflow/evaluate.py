@@ -25,6 +25,14 @@ Files, each a whitespace-separated table with one header line:
                   Fz_Pred Testing_Bool     (AtomID and Type count from 1)
   configs.pickle  a list of plain dicts, one per configuration (``config_records``)
   evaluation.npz  the same numbers in one machine-readable file (``save_evaluation``)
+
+A committee (``committee.members`` N > 1) adds columns after FitSNAP's, which stay first and
+unchanged (``*_Pred`` is model.pt, member 0, the model that is exported): the mean and the
+standard deviation (1/N, numpy's default) over the N members' predictions.
+
+  perconfig.dat   ... Energy_Committee_Mean Energy_Committee_Std            (eV/atom)
+  peratom.dat     ... Fx_Committee_Mean Fy_Committee_Mean Fz_Committee_Mean
+                      Fx_Committee_Std Fy_Committee_Std Fz_Committee_Std    (eV/Angstrom)
 """
 
 import json
@@ -48,6 +56,8 @@ PERATOM_COLUMNS = [
     "Filename", "Group", "AtomID", "Type", "Fx_Truth", "Fy_Truth", "Fz_Truth",
     "Fx_Pred", "Fy_Pred", "Fz_Pred", "Testing_Bool",
 ]  # fmt: skip
+PERCONFIG_COMMITTEE_COLUMNS = ["Energy_Committee_Mean", "Energy_Committee_Std"]
+PERATOM_COMMITTEE_COLUMNS = [f"F{c}_Committee_{s}" for s in ("Mean", "Std") for c in "xyz"]
 # Batches are cut by gradient rows and atoms: bounded memory whatever the configuration sizes.
 MAX_BATCH_ROWS = 200_000
 MAX_BATCH_ATOMS = 50_000
@@ -221,6 +231,34 @@ def testing_bool(ev):
     return ev["set"] == "test"
 
 
+def committee_statistics(predictions):
+    """(mean, standard deviation) over the members (first axis; 1/N, numpy's default)."""
+    stacked = np.stack([np.asarray(p, dtype=np.float64) for p in predictions])
+    return stacked.mean(axis=0), stacked.std(axis=0)
+
+
+def has_committee(ev):
+    return "committee_size" in ev and int(ev["committee_size"]) > 1
+
+
+def add_committee(ev, member_models, folders, cfg, split=None):
+    """Committee mean and standard deviation of energies and forces, added to ``ev`` in place.
+
+    ``ev`` holds the predictions of member 0 (model.pt); ``member_models`` are the files of
+    the other members, predicted on the same configurations in the same order.
+    """
+    energies, forces = [ev["energy_pred"]], [ev["force_pred"]]
+    for path in member_models:
+        model, _ = load_selected_model(path)
+        other = evaluate_model(model, folders, cfg, split, where=path)
+        energies.append(other["energy_pred"])
+        forces.append(other["force_pred"])
+    ev["committee_size"] = np.array(len(energies))
+    ev["energy_committee_mean"], ev["energy_committee_std"] = committee_statistics(energies)
+    ev["force_committee_mean"], ev["force_committee_std"] = committee_statistics(forces)
+    return ev
+
+
 def save_evaluation(path, ev):
     """Uncompressed npz of plain arrays (read with allow_pickle=False), written atomically."""
     with atomic_path(path) as tmp:
@@ -323,7 +361,7 @@ def write_frame(path, frame):
 
 def perconfig_frame(ev):
     natoms = ev["natoms"]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "Filename": ev["filename"],
             "Group": ev["groups"][ev["group"]],
@@ -334,16 +372,21 @@ def perconfig_frame(ev):
         },
         columns=PERCONFIG_COLUMNS,
     )
+    if has_committee(ev):
+        frame["Energy_Committee_Mean"] = ev["energy_committee_mean"] / natoms
+        frame["Energy_Committee_Std"] = ev["energy_committee_std"] / natoms
+    return frame
 
 
 def peratom_frame(ev):
+    committee = PERATOM_COMMITTEE_COLUMNS if has_committee(ev) else []
     if not bool(ev["has_forces"]):
-        return pd.DataFrame(columns=PERATOM_COLUMNS)  # FitSNAP writes no rows without forces
+        return pd.DataFrame(columns=PERATOM_COLUMNS + committee)  # FitSNAP writes no rows without forces
     natoms = ev["natoms"]
     starts = np.concatenate([[0], np.cumsum(natoms)[:-1]])
     atom_id = np.arange(natoms.sum()) - np.repeat(starts, natoms) + 1
     ft, fp = ev["force_truth"], ev["force_pred"]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "Filename": np.repeat(ev["filename"], natoms),
             "Group": np.repeat(ev["groups"][ev["group"]], natoms),
@@ -359,6 +402,11 @@ def peratom_frame(ev):
         },
         columns=PERATOM_COLUMNS,
     )
+    if committee:
+        stats = np.hstack([ev["force_committee_mean"], ev["force_committee_std"]])
+        for k, name in enumerate(committee):
+            frame[name] = stats[:, k]
+    return frame
 
 
 def read_table(path):
@@ -424,18 +472,32 @@ def write_configs(path, records):
             pickle.dump(records, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def evaluate_fit(cfg, model_path, split_path, folders):
-    """Evaluation of a fit on its own groups, labelled by the fit's split."""
-    model, info = load_selected_model(model_path)
-    info = {"model": str(model_path), **info}
-    return evaluate_model(model, folders, cfg, read_split(split_path), info, where=model_path)
+def evaluate_fit(cfg, model_path, split_path, folders, members=(), member_splits=()):
+    """Evaluation of a fit on its own groups, labelled by the fit's split.
 
-
-def evaluate_test_set(cfg, model_path, folders):
-    """Evaluation of a trained model on groups that played no part in the fit (all Test).
-
-    Reads the model file only: nothing here trains, and the model file is never written.
+    ``members`` / ``member_splits``: model files and splits of the other committee members.
     """
     model, info = load_selected_model(model_path)
     info = {"model": str(model_path), **info}
-    return evaluate_model(model, folders, cfg, None, info, where=model_path)
+    split = read_split(split_path)
+    for path in member_splits:
+        other = read_split(path)
+        if not other.reset_index(drop=True).equals(split.reset_index(drop=True)):
+            raise PotflowInputError(path, f"committee member was trained on another split than {split_path}")
+    ev = evaluate_model(model, folders, cfg, split, info, where=model_path)
+    if members:
+        add_committee(ev, members, folders, cfg, split)
+    return ev
+
+
+def evaluate_test_set(cfg, model_path, folders, members=()):
+    """Evaluation of a trained model on groups that played no part in the fit (all Test).
+
+    Reads the model files only: nothing here trains, and no model file is written.
+    """
+    model, info = load_selected_model(model_path)
+    info = {"model": str(model_path), **info}
+    ev = evaluate_model(model, folders, cfg, None, info, where=model_path)
+    if members:
+        add_committee(ev, members, folders, cfg)
+    return ev

@@ -2,8 +2,8 @@
 
 LAMMPS runs through its Python module with the exported ``.mod`` file. The run writes the
 LAMMPS log, a thermo table, a summary (energy drift per atom per ps from a linear fit of the
-total energy, mean temperature, largest LAMMPS-vs-torch force difference on a few snapshots)
-and a plot. It fails with one clear line, keeping the log, when atoms are lost, energies stop
+total energy, mean temperature, largest LAMMPS-vs-torch force difference on a few snapshots),
+a plot and the trajectory (extxyz, a frame every ``md.dump_every`` steps, LAMMPS forces). It fails with one clear line, keeping the log, when atoms are lost, energies stop
 being finite, or the drift exceeds ``md.drift_bound``.
 """
 
@@ -177,10 +177,11 @@ def snapshot_steps(steps, count):
     return sorted({max(1, round(steps * (k + 1) / count)) for k in range(count)}) if count else []
 
 
-def run_nve(setup_commands, atoms, elements, md, log_file, workdir, on_snapshot=None):
+def run_nve(setup_commands, atoms, elements, md, log_file, workdir, on_snapshot=None, dump_file=None):
     """NVE run of ``atoms`` with the pair commands ``setup_commands``; returns (thermo table, snapshots).
 
-    ``on_snapshot(snapshot)`` is called at ``md.check_snapshots`` evenly spaced steps.
+    ``on_snapshot(snapshot)`` is called at ``md.check_snapshots`` evenly spaced steps; with
+    ``dump_file``, LAMMPS writes a frame there every ``md.dump_every`` steps (``read_frames``).
     """
     from potflow.export import _create_cell
     from potflow.lammps_env import open_lammps
@@ -212,6 +213,12 @@ thermo {md["thermo_every"]}
 fix thermo_table all print {md["thermo_every"]} "{fmt}" file {raw} screen no title ""
 """
             )
+            if dump_file is not None:
+                lmp.commands_string(
+                    f"""dump frames all custom {md["dump_every"]} {dump_file} id element x y z fx fy fz
+dump_modify frames sort id element {" ".join(elements)} format float %.12g
+"""
+                )
         except Exception as exc:
             _fail(log_file, f"LAMMPS could not set the run up: {_lammps_error(exc)}")
         stops = sorted({*snapshot_steps(md["steps"], md["check_snapshots"]), md["steps"]})
@@ -327,17 +334,46 @@ def summary_text(s):
     return "\n".join(lines) + "\n"
 
 
+def read_frames(dump_file, timestep, thermo=None):
+    """ASE Atoms of a LAMMPS dump (cell from the origin, atoms wrapped), one per step.
+
+    Each frame carries LAMMPS's forces, ``info`` step and time_ps, and the potential energy
+    when ``thermo`` (read_thermo) has that step.
+    """
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    energy = {} if thermo is None else dict(zip(thermo["step"], thermo["potential_eV"], strict=True))
+    frames, seen = [], set()
+    for atoms in ase.io.read(dump_file, index=":", format="lammps-dump-text"):
+        step = int(atoms.info.pop("timestep"))
+        if step in seen:  # a run boundary can write a step twice
+            continue
+        seen.add(step)
+        forces = atoms.get_forces()
+        atoms.positions -= atoms.get_celldisp()
+        atoms.set_celldisp([0.0, 0.0, 0.0])
+        atoms.wrap()
+        atoms.info.update(step=step, time_ps=step * timestep)
+        atoms.calc = SinglePointCalculator(atoms, forces=forces, energy=energy.get(step))
+        frames.append(atoms)
+    return frames
+
+
 def validate_md(cfg, model, setup_commands, atoms, outputs, log_file):
-    """Run the MD validation and write ``outputs`` (thermo, summary, text, plot); returns the summary."""
+    """Run the MD validation and write ``outputs`` (thermo, summary, text, plot and, when
+    given, trajectory); returns the summary."""
     md = cfg["md"]
     elements = list(cfg["bispectrum"]["type"])
     checker = force_checker(model, cfg) if md["check_snapshots"] else None
     t0 = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="potflow-md-") as workdir:
+            dump = Path(workdir) / "frames.dump" if "trajectory" in outputs else None
             table, snapshots = run_nve(
-                setup_commands, atoms, elements, md, log_file, workdir, checker
+                setup_commands, atoms, elements, md, log_file, workdir, checker, dump
             )
+            frames = read_frames(dump, md["timestep"], table) if dump is not None else None
     finally:
         if checker is not None:
             checker.close()
@@ -376,6 +412,11 @@ def validate_md(cfg, model, setup_commands, atoms, outputs, log_file):
         table.to_csv(tmp, sep="\t", index=False, float_format="%.12g")
     plot_run(table, natoms, outputs["plot"], f"NVE, {natoms} atoms, drift {drift:.2e} eV/atom/ps")
     write_text(outputs["text"], summary_text(summary))
+    if frames is not None:
+        import ase.io
+
+        with atomic_path(outputs["trajectory"]) as tmp:
+            ase.io.write(tmp, frames, format="extxyz")
     write_json(outputs["summary"], json.loads(json.dumps(summary)))
     return summary
 

@@ -18,6 +18,7 @@ if _pythonpath[0] != POTFLOW_ROOT:
     )
 
 from potflow import config as pfconfig
+from potflow import sweeps as pfsweeps
 from potflow.resources import descriptor_job_resources
 
 POTFLOW = pfconfig.prepare_config(config, source="config")
@@ -25,8 +26,9 @@ RESULTS = "results"
 DATA_DIR, SCRAPER = pfconfig.data_source(POTFLOW)
 GROUPS = pfconfig.fit_groups(POTFLOW)
 DESCRIPTOR_KEY = pfconfig.descriptor_key(POTFLOW)
-# One fit for now; a sweep (issue 9) maps several fit names to their own configs.
-FITS = {"default": POTFLOW}
+# fit name -> that fit's checked config: one fit, "default", unless the config has a
+# `fits:` map or a `sweep:` grid (potflow/sweeps.py)
+FITS = pfsweeps.expand_fits(POTFLOW, source="config")
 # Fits with equal descriptor settings share one descriptor computation per group.
 DESCRIPTOR_SETTINGS = {
     pfconfig.descriptor_key(cfg): pfconfig.descriptor_settings(cfg)
@@ -84,8 +86,32 @@ def md_potential_files(wildcards):
     }
 
 
+def committee_members(fit):
+    """Member numbers 1..N-1 of a fit's committee (member 0 is the fit's own model.pt)."""
+    return range(1, pfsweeps.committee_size(FITS[fit]))
+
+
+def member_dir(fit, member):
+    return f"{fit_dir(fit)}/committee/member{member}"
+
+
+def committee_member_models(wildcards):
+    return [
+        f"{member_dir(wildcards.fit, k)}/model.pt"
+        for k in committee_members(wildcards.fit)
+    ]
+
+
+def committee_member_splits(wildcards):
+    return [
+        f"{member_dir(wildcards.fit, k)}/split.tsv"
+        for k in committee_members(wildcards.fit)
+    ]
+
+
 def all_targets():
-    targets = [descriptor_dir(g) for g in GROUPS]
+    keys = dict.fromkeys(pfconfig.descriptor_key(c) for c in FITS.values())
+    targets = [descriptor_dir(g, key) for key in keys for g in GROUPS]
     targets += [f"{fit_dir(fit)}/model.pt" for fit in FITS]
     targets += all_evaluation_targets()
     # LAMMPS runs only the activations it knows (config.py warns about the others)
@@ -97,4 +123,68 @@ def all_targets():
     targets += [
         f"{fit_dir(f)}/md/summary.json" for f, c in FITS.items() if c["md"]["enabled"]
     ]
+    targets += sweep_targets() + committee_targets()
+    return targets
+
+
+# Sweeps and committees (rules/sweeps.smk, rules/committee.smk).
+
+
+def leaderboard_sources():
+    """fit -> the files its leaderboard row is read from (None where there is no such file)."""
+    sources = {}
+    for fit, cfg in FITS.items():
+        members = committee_members(fit)
+        md = cfg["md"]["enabled"]
+        sources[fit] = {
+            "metrics": f"{fit_dir(fit)}/{METRICS}",
+            "model": f"{fit_dir(fit)}/model.pt",
+            "members": [f"{member_dir(fit, k)}/model.pt" for k in members],
+            # Snakemake's benchmark files of the training jobs (rules/training.smk)
+            "benchmarks": [
+                f"{RESULTS}/logs/fits/{fit}/{sub}train_benchmark.tsv"
+                for sub in ["", *(f"committee/member{k}/" for k in members)]
+            ],
+            "md_summary": f"{fit_dir(fit)}/md/summary.json" if md else None,
+            "md_committee": (
+                f"{fit_dir(fit)}/md/committee.json" if md and members else None
+            ),
+        }
+    return sources
+
+
+def leaderboard_inputs(wildcards):
+    files = []
+    for src in leaderboard_sources().values():
+        files += [src["metrics"], src["model"], src["md_summary"], src["md_committee"]]
+        # a benchmark file is written by its training job: depend on that job's model
+        files += src["members"]
+    return sorted(set(f for f in files if f))
+
+
+def sweep_targets():
+    if len(FITS) < 2:
+        return []
+    return [f"{RESULTS}/fits.tsv", f"{RESULTS}/fits.yaml"] + [
+        f"{RESULTS}/leaderboard/leaderboard.{ext}"
+        for ext in ("tsv", "md", "html", "png", "pdf")
+    ]
+
+
+def committee_targets():
+    targets = []
+    for fit, cfg in FITS.items():
+        if pfsweeps.committee_size(cfg) < 2:
+            continue
+        folders = [fit_dir(fit)] + [test_set_dir(fit, t) for t in TEST_SETS]
+        targets += [
+            f"{d}/plots/committee_uncertainty.{ext}"
+            for d in folders
+            for ext in ("png", "pdf")
+        ]
+        if cfg["md"]["enabled"]:
+            targets += [
+                f"{fit_dir(fit)}/md/{name}"
+                for name in ("committee.tsv", "candidates.extxyz", "committee.json")
+            ]
     return targets

@@ -52,6 +52,8 @@ rule evaluate_fit:
         model=f"{RESULTS}/fits/{{fit}}/model.pt",
         split=f"{RESULTS}/fits/{{fit}}/split.tsv",
         descriptors=fit_descriptor_dirs,
+        members=committee_member_models,
+        member_splits=committee_member_splits,
     output:
         f"{RESULTS}/fits/{{fit}}/evaluation.npz",
     log:
@@ -71,6 +73,7 @@ rule evaluate_test_set:
     input:
         model=f"{RESULTS}/fits/{{fit}}/model.pt",
         descriptors=test_set_descriptor_dirs,
+        members=committee_member_models,
     output:
         f"{RESULTS}/fits/{{fit}}/test_sets/{{test_set}}/evaluation.npz",
     log:

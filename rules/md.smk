@@ -9,6 +9,7 @@ rule md_validate:
         thermo=f"{RESULTS}/fits/{{fit}}/md/thermo.tsv",
         summary=f"{RESULTS}/fits/{{fit}}/md/summary.json",
         text=f"{RESULTS}/fits/{{fit}}/md/summary.txt",
+        trajectory=f"{RESULTS}/fits/{{fit}}/md/trajectory.extxyz",
         plot=report(
             f"{RESULTS}/fits/{{fit}}/md/energy_temperature.png",
             caption="../report/md_validate.rst",

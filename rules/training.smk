@@ -26,6 +26,8 @@ rule train:
         split=f"{RESULTS}/fits/{{fit}}/split.tsv",
     log:
         f"{RESULTS}/fits/{{fit}}/training.log",
+    benchmark:
+        f"{RESULTS}/logs/fits/{{fit}}/train_benchmark.tsv"
     conda:
         "../envs/potflow.yaml"
     # resources.train_gpus > 1: one training process per GPU, started by torchrun

@@ -12,7 +12,10 @@ def evaluate_fit():
 
     torch.set_num_threads(max(1, sm.threads))
     folders = dict(zip(sm.params.groups, sm.input.descriptors, strict=True))
-    ev = pfe.evaluate_fit(sm.params.config, sm.input.model, sm.input.split, folders)
+    ev = pfe.evaluate_fit(
+        sm.params.config, sm.input.model, sm.input.split, folders,
+        members=list(sm.input.members), member_splits=list(sm.input.member_splits),
+    )  # fmt: skip
     pfe.save_evaluation(sm.output[0], ev)
     info = pfe.model_info(ev)
     print(f"evaluated {len(ev['natoms'])} configurations with {info.get('model')} {info}")

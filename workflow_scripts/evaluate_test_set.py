@@ -11,7 +11,7 @@ sm = snakemake  # noqa: F821
 def body():
     torch.set_num_threads(max(1, sm.threads))
     folders = dict(zip(sm.params.groups, sm.input.descriptors, strict=True))
-    ev = pfe.evaluate_test_set(sm.params.config, sm.input.model, folders)
+    ev = pfe.evaluate_test_set(sm.params.config, sm.input.model, folders, members=list(sm.input.members))
     pfe.save_evaluation(sm.output[0], ev)
     print(f"test set {sm.wildcards.test_set}: {len(ev['natoms'])} configurations, model {pfe.model_info(ev)}")
 

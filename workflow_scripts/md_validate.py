@@ -8,7 +8,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def body():
-    outputs = {k: sm.output[k] for k in ("thermo", "summary", "text", "plot")}
+    outputs = {k: sm.output[k] for k in ("thermo", "summary", "text", "plot", "trajectory")}
     validate_exported(
         sm.params.config,
         sm.input.model,
