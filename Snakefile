@@ -7,13 +7,14 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 # A FitSNAP input file (`--config fitsnap_input=Ta.in`) is the whole config; other --config
-# values override it. Without one, config.yaml is read.
+# values override it. A --configfile is the whole config too (not merged into config.yaml's
+# example, whose groups it would inherit). Without either, config.yaml is read.
 if config.get("fitsnap_input"):
     sys.path.insert(0, workflow.basedir)
     from potflow.fitsnap_input import workflow_config
 
     workflow_config(config)
-else:
+elif not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
 

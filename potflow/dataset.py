@@ -22,6 +22,7 @@ memory follows ``pytorch.memory_budget_mb`` rather than the data set.
 """
 
 import math
+import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -303,24 +304,63 @@ class ConfigSet:
     def prepared_bytes(self, dtype):
         return int(self.config_bytes(dtype).sum())
 
-    def prepare(self, shift, scale, option, dtype, device, order=None, pin=False):
+    def prepare(self, shift, scale, option, dtype, device, order=None, pin=False, raw_gradients=False):
         """PreparedSet of these configurations, or of those at positions ``order`` in this set."""
         sub = self if order is None else ConfigSet(self.data, self.ids[np.asarray(order)])
-        return PreparedSet(sub, shift, scale, option, dtype, device, pin)
+        return PreparedSet(sub, shift, scale, option, dtype, device, pin, raw_gradients)
 
 
 # ----------------------------------------------------------------------------- prepared data
 
 
+def read_config_rows(src, starts, counts, out):
+    """``out`` = rows starts[k]:starts[k]+counts[k] of ``src``, one run after another.
+
+    A whole memory-mapped ``.npy`` is read with positional reads straight into ``out`` (no
+    page faults, nothing left mapped; runs that follow each other in the file are read at
+    once); anything else by fancy indexing.
+    """
+    starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
+    filename = getattr(src, "filename", None)
+    row = src.dtype.itemsize * math.prod(src.shape[1:])
+    whole = filename is not None and src.flags.c_contiguous and os.path.getsize(filename) - src.offset == src.nbytes
+    if not (whole and out.dtype == src.dtype and out.flags.c_contiguous):
+        out[...] = src[concat_ranges(starts, counts)]
+        return out
+    keep = counts > 0
+    starts, counts = starts[keep], counts[keep]
+    if len(starts) == 0:
+        return out
+    new_run = np.ones(len(starts), bool)
+    new_run[1:] = starts[1:] != starts[:-1] + counts[:-1]
+    run_bytes = np.add.reduceat(counts, np.flatnonzero(new_run)) * row
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    fd = os.open(filename, os.O_RDONLY)
+    try:
+        pos = 0
+        for at, size in zip((src.offset + starts[new_run] * row).tolist(), run_bytes.tolist(), strict=True):
+            if os.preadv(fd, [view[pos : pos + size]], at) != size:
+                raise PotflowInputError(filename, "descriptor file is shorter than its header says")
+            pos += size
+    finally:
+        os.close(fd)
+    return out
+
+
 class Batch:
-    """Tensors of one batch (index tensors count atoms within the batch)."""
+    """Tensors of one batch (index tensors count atoms within the batch).
+
+    ``grad_scale`` is None when the set's gradient rows are pre-multiplied by -1/scale;
+    otherwise (streamed raw rows) it holds -1/scale of each atom's element, (A_b, K).
+    """
 
     __slots__ = (
         "x", "counts", "atom_config", "n_configs", "energy", "w_energy", "force", "w_force",
-        "row_ids", "row_i", "row_ja",
+        "row_ids", "row_i", "row_ja", "grad_scale",
     )  # fmt: skip
 
     def __init__(self, **kw):
+        self.grad_scale = None
         for k, v in kw.items():
             setattr(self, k, v)
 
@@ -334,11 +374,11 @@ class PreparedSet:
     device the host copies are page-locked and sent without waiting (streamed chunks).
     """
 
-    def __init__(self, cs, shift, scale, option, dtype, device, pin=False):
+    def __init__(self, cs, shift, scale, option, dtype, device, pin=False, raw_gradients=False):
         data = cs.data
         self.option, self.n_el = option, len(data.elements)
         self.device, self.dtype = torch.device(device), dtype
-        K = data.num_desc
+        self.K = K = data.num_desc
         kx = K + (self.n_el if option == 3 else 0)
         self.n_configs = M = len(cs)
         self.natoms, self.nrows = cs.natoms.astype(np.int64), cs.nrows.astype(np.int64)
@@ -353,6 +393,9 @@ class PreparedSet:
         shift = np.asarray(shift, dtype=np.float64)
         scale = np.asarray(scale, dtype=np.float64)
         pin = pin and self.device.type == "cuda"
+        # raw rows: dB/dR as stored; each batch carries -1/scale per atom instead (see Batch)
+        self.raw_gradients = raw_gradients
+        self.grad_scale = torch.as_tensor(-1.0 / scale, dtype=dtype) if raw_gradients else None
         x = torch.empty((A, kx), dtype=dtype, pin_memory=pin)
         grad = torch.empty((R, K), dtype=dtype, pin_memory=pin)
         force = torch.empty((A, 3), dtype=dtype, pin_memory=pin)
@@ -361,6 +404,9 @@ class PreparedSet:
         self.row_j = np.empty(R, np.int32)
         self.row_a = np.empty(R, np.int8)
         for g, local, pos in cs.pieces():
+            if raw_gradients and bool(np.all(np.diff(pos) == 1)):  # consecutive in this set
+                self._read_raw(g, local, pos, shift, scale, x, grad, force)
+                continue
             atoms = concat_ranges(g.atom_start[local], g.natoms[local])
             a0 = self.atom_start[pos]
             dst = concat_ranges(a0, g.natoms[local])
@@ -382,16 +428,52 @@ class PreparedSet:
             self.row_i[rdst] = gi
             self.row_j[rdst] = idx[:, 1] + shift_rows
             self.row_a[rdst] = idx[:, 2]
+            if raw_gradients:
+                grad[torch.from_numpy(rdst)] = torch.from_numpy(np.asarray(g.arrays["grad_values"][rows])).to(dtype)
+                continue
             # F_j^a = -sum_i dE/dB_i . dB_i/dR_j^a and dE/dB = dE/dx / scale
             gv = np.asarray(g.arrays["grad_values"][rows], dtype=np.float64)
             gv /= -scale[self.types[gi]]
             grad[torch.from_numpy(rdst)] = torch.from_numpy(gv).to(dtype)
             del gv
             g.release_pages()  # keep only the prepared copy resident
+        if raw_gradients:
+            cs.data.release_pages()
         self.x = x.to(self.device, non_blocking=pin)
         self.grad = grad.to(self.device, non_blocking=pin)
         self.force = force.to(self.device, non_blocking=pin)
         self.M, self.A, self.R = M, A, R
+
+    def _read_raw(self, g, local, pos, shift, scale, x, grad, force):
+        """One piece whose configurations sit one after another in this set, read straight from
+        the files into place (raw gradient rows: no float64 copy, no division)."""
+        a0, a1 = int(self.atom_start[pos[0]]), int(self.atom_start[pos[-1]] + self.natoms[pos[-1]])
+        r0 = int(self.row_start[pos[0]])
+        r1 = r0 + int(self.nrows[pos].sum())
+        atom_starts, natoms = g.atom_start[local], g.natoms[local]
+        types = g.types[concat_ranges(atom_starts, natoms)]
+        self.types[a0:a1] = types
+        B = read_config_rows(g.arrays["descriptors"], atom_starts, natoms, np.empty((a1 - a0, self.K), np.float64))
+        xs = (B - shift[types]) / scale[types]
+        if self.option == 3:
+            xs = np.concatenate([xs, np.eye(self.n_el)[types]], axis=1)
+        x[a0:a1] = torch.from_numpy(xs)
+        f = read_config_rows(g.arrays["force_target"], atom_starts, natoms, np.empty((a1 - a0, 3), np.float64))
+        force[a0:a1] = torch.from_numpy(f)
+        if r1 == r0:
+            return
+        row_starts, nrows = g.row_start[local], g.nrows[local]
+        idx = read_config_rows(g.arrays["grad_index"], row_starts, nrows, np.empty((r1 - r0, 3), np.int32))
+        first = np.repeat(self.atom_start[pos], nrows)  # within-config atom numbers -> within-set
+        self.row_i[r0:r1] = idx[:, 0] + first
+        self.row_j[r0:r1] = idx[:, 1] + first
+        self.row_a[r0:r1] = idx[:, 2]
+        out = grad[r0:r1].numpy()
+        src = g.arrays["grad_values"]
+        if src.dtype == out.dtype:
+            read_config_rows(src, row_starts, nrows, out)
+        else:
+            out[...] = read_config_rows(src, row_starts, nrows, np.empty((r1 - r0, self.K), src.dtype))
 
     def batches(self, order, batch_size):
         """The batches of one pass over the configurations in ``order``, built in one go
@@ -430,6 +512,10 @@ class PreparedSet:
         energies = split(self.energy[order], configs_per_batch, self.dtype)
         w_energy = split(self.w_energy[order], configs_per_batch, self.dtype)
         atom_configs = split(atom_config, n_atoms)
+        grad_scales = [None] * nb
+        if self.raw_gradients and self.has_forces:
+            types_t = torch.as_tensor(self.types[atom_ids], device=dev)
+            grad_scales = torch.split(self.grad_scale.to(dev).index_select(0, types_t), n_atoms)
         if self.has_forces:
             row_ids = concat_ranges(self.row_start[order], nr)
             rows_per_batch = np.add.reduceat(nr, starts).tolist() if M else []
@@ -443,7 +529,7 @@ class PreparedSet:
                 x=xs[b], counts=counts[b] if counts else None, atom_config=atom_configs[b],
                 n_configs=configs_per_batch[b], energy=energies[b], w_energy=w_energy[b],
                 force=forces[b], w_force=w_force[b], row_ids=row_ids_s[b], row_i=row_i_s[b],
-                row_ja=row_ja_s[b],
+                row_ja=row_ja_s[b], grad_scale=grad_scales[b],
             )  # fmt: skip
             for b in range(nb)
         ]
@@ -507,11 +593,22 @@ class StreamStore:
             out.append((s, len(order)))
         return out
 
-    def _prepare(self, order):
-        # page-locked host copies on CUDA: the upload does not hold up the reading thread
-        prepared = self.cs.prepare(self.shift, self.scale, self.option, self.dtype, self.device, order, pin=True)
-        self.cs.data.release_pages()
-        return prepared
+    def _prepare(self, order, sizes):
+        """A chunk's prepared set and its batches of ``sizes`` (run in the background thread).
+
+        The chunk's configurations are read in file order (group by group, so each group's
+        rows land in one block and are copied once, straight from the map); the batches then
+        visit them in ``order``. Gradient rows stay raw (no float64 copy, no division); on CUDA
+        the host copies are page-locked, so the upload does not hold up the reading thread."""
+        cs = self.cs
+        in_file_order = np.lexsort((cs.local[order], cs.gid[order]))
+        prepared = cs.prepare(
+            self.shift, self.scale, self.option, self.dtype, self.device, order[in_file_order],
+            pin=True, raw_gradients=True,
+        )  # fmt: skip
+        position = np.empty(len(order), np.int64)
+        position[in_file_order] = np.arange(len(order))
+        return prepared, prepared.batches(position, sizes)
 
     def epoch(self, order, batch_size):
         order = np.asarray(order)
@@ -519,14 +616,18 @@ class StreamStore:
         sizes = batch_sizes(len(order), batch_size)
         starts = np.cumsum(sizes) - sizes
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self._prepare, order[slice(*chunks[0])]) if chunks else None
-            for k in range(len(chunks)):
-                prepared = pending.result()
-                if k + 1 < len(chunks):
-                    pending = pool.submit(self._prepare, order[slice(*chunks[k + 1])])
+
+            def read(k):
                 s, e = chunks[k]
-                yield prepared, prepared.batches(np.arange(prepared.M), sizes[(starts >= s) & (starts < e)])
-                del prepared
+                return pool.submit(self._prepare, order[s:e], sizes[(starts >= s) & (starts < e)])
+
+            pending = read(0) if chunks else None
+            for k in range(len(chunks)):
+                prepared, batches = pending.result()
+                if k + 1 < len(chunks):
+                    pending = read(k + 1)
+                yield prepared, batches
+                del prepared, batches
 
 
 def make_store(cs, shift, scale, option, dtype, device, budget_bytes=None, stream=None):

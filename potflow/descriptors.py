@@ -72,6 +72,39 @@ def lammps_frame(cell):
     return lower, sign * rot
 
 
+class NpyAppender:
+    """A 2-d ``.npy`` file written row block by row block, never held whole in memory.
+
+    The header is written first for zero rows and rewritten in place at the end: numpy leaves
+    room in every header for the first axis to grow (``GROWTH_AXIS_MAX_DIGITS``).
+    """
+
+    def __init__(self, path, columns, dtype):
+        self.path, self.columns, self.dtype = Path(path), int(columns), np.dtype(dtype)
+        self.rows = 0
+        self.file = open(self.path, "wb")  # noqa: SIM115 (closed by close())
+        self._header()
+        self.data_start = self.file.tell()
+
+    def _header(self):
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.rows, self.columns)}
+        np.lib.format.write_array_header_1_0(self.file, d)
+
+    def append(self, block):
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.ndim != 2 or block.shape[1] != self.columns:
+            raise ValueError(f"{self.path.name}: block of shape {block.shape}, want (n, {self.columns})")
+        self.file.write(block.data)
+        self.rows += len(block)
+
+    def close(self):
+        self.file.seek(0)
+        self._header()
+        if self.file.tell() != self.data_start:  # cannot happen with numpy's growth room; never corrupt
+            raise RuntimeError(f"{self.path}: the .npy header changed size when rewritten")
+        self.file.close()
+
+
 class SnapCalculator:
     """One LAMMPS instance reused across configurations (``clear`` in between)."""
 
@@ -176,42 +209,55 @@ def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=Fals
     data = load_group(data_path)
     elements = list(settings["bispectrum"]["type"])
     grad_dtype = np.dtype(settings["gradient_dtype"])
-    calc = SnapCalculator(settings, with_gradients=settings["forces"])
-    t0 = time.perf_counter()
-    B, ref_e, ref_f, gidx, gval, ptr = [], [], [], [], [], [0]
     types_all = np.array([elements.index(s) if s in elements else -1 for s in data["symbols"]], np.int32)
     if (types_all < 0).any():
         bad = sorted(set(data["symbols"][types_all < 0]))
         raise PotflowInputError(data_path, f"element(s) {', '.join(bad)} not in config bispectrum.type {elements}")
+    calc = SnapCalculator(settings, with_gradients=settings["forces"])
+    K = calc.K
+    t0 = time.perf_counter()
+    B, ref_e, ref_f, ptr = [], [], [], [0]
     configs = iter_configs(data)
     if progress:
         from tqdm import tqdm
 
         configs = tqdm(configs, total=len(data["natoms"]), desc=f"descriptors {group or ''}", mininterval=2)
     off = data["offsets"]
-    try:
-        for m, conf in enumerate(configs):
-            types = types_all[off[m] : off[m + 1]]
-            try:
-                b, e, f, idx, val = calc.compute(conf["positions"], conf["cell"], conf["pbc"], types)
-            except Exception as exc:
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise PotflowInputError(f"{data_path} [{conf['file']}]", f"LAMMPS failed: {msg}") from None
-            B.append(b)
-            ref_e.append(e)
-            ref_f.append(f)
-            gidx.append(idx)
-            gval.append(val.astype(grad_dtype, copy=False))
-            ptr.append(ptr[-1] + len(idx))
-    finally:
-        calc.close()
+    with atomic_directory(out_dir) as tmp:
+        # gradient rows go straight to their files: a job holds one configuration's rows at a time
+        grad_values = NpyAppender(tmp / "grad_values.npy", K, grad_dtype)
+        grad_index = NpyAppender(tmp / "grad_index.npy", 3, np.int32)
+        try:
+            for m, conf in enumerate(configs):
+                types = types_all[off[m] : off[m + 1]]
+                try:
+                    b, e, f, idx, val = calc.compute(conf["positions"], conf["cell"], conf["pbc"], types)
+                except Exception as exc:
+                    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise PotflowInputError(f"{data_path} [{conf['file']}]", f"LAMMPS failed: {msg}") from None
+                B.append(b)
+                ref_e.append(e)
+                ref_f.append(f)
+                grad_index.append(idx)
+                grad_values.append(val)
+                ptr.append(ptr[-1] + len(idx))
+                del val, idx
+        finally:
+            calc.close()
+            grad_values.close()
+            grad_index.close()
+        meta = _write_small_arrays(tmp, data, settings, group, elements, K, types_all, B, ref_e, ref_f, ptr, t0)
+    return meta
+
+
+def _write_small_arrays(tmp, data, settings, group, elements, K, types_all, B, ref_e, ref_f, ptr, t0):
+    """Everything of a descriptor folder but the gradient rows, and meta.json."""
     energy = data["energy"]
     forces = data["forces"]
     ref_e = np.array(ref_e)
-    ref_f = np.concatenate(ref_f)
-    K = calc.K
+    ref_f = np.concatenate(ref_f) if ref_f else np.zeros((0, 3))
     arrays = {
-        "descriptors": np.concatenate(B),
+        "descriptors": np.concatenate(B) if B else np.zeros((0, K)),
         "atom_types": types_all,
         "natoms": data["natoms"],
         "energy": energy,
@@ -220,8 +266,6 @@ def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=Fals
         "forces": forces,
         "ref_forces": ref_f,
         "force_target": forces - ref_f,
-        "grad_values": np.concatenate(gval) if gval else np.zeros((0, K), grad_dtype),
-        "grad_index": np.concatenate(gidx) if gidx else np.zeros((0, 3), np.int32),
         "grad_ptr": np.array(ptr, dtype=np.int64),
         "files": data["files"],
     }
@@ -236,10 +280,9 @@ def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=Fals
         "num_grad_rows": int(ptr[-1]),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    with atomic_directory(out_dir) as tmp:
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
-        write_json(tmp / META, meta)
+    for name, arr in arrays.items():
+        np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+    write_json(tmp / META, meta)
     return meta
 
 

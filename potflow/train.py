@@ -66,6 +66,8 @@ def batch_loss_sum(model, batch, grad):
     """Sum over the batch's configurations of the per-configuration loss (0-d tensor)."""
     forces = batch.row_ids is not None
     e_atom, dedx = model.standardised_energy_and_gradient(batch.x, batch.counts, need_gradient=forces)
+    if forces and batch.grad_scale is not None:  # raw rows (streamed): dE/dB = dE/dx / scale
+        dedx = dedx * batch.grad_scale
     energy = e_atom.new_zeros(batch.n_configs).index_add(0, batch.atom_config, e_atom)
     de = energy - batch.energy
     total = torch.dot(batch.w_energy, de * de)
