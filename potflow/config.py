@@ -86,6 +86,17 @@ def check_config(cfg, source="config"):
     layers = torch_cfg["layer_sizes"]
     if layers[0] != "num_desc" and not isinstance(layers[0], int):
         bad("pytorch.layer_sizes", "must start with num_desc")
+    if isinstance(layers[0], int):
+        # an explicit width must be the descriptor count: the network's input is B_i itself
+        from potflow.descriptors import num_descriptors  # (descriptors imports this module)
+
+        K = num_descriptors(bis["twojmax"], bis["chemflag"], n)
+        if layers[0] != K:
+            bad(
+                "pytorch.layer_sizes",
+                f"starts with {layers[0]} but each atom has {K} descriptors (bispectrum.twojmax "
+                f"{bis['twojmax']}{', chemflag 1' if bis['chemflag'] else ''}); start it with num_desc",
+            )
     if any(not isinstance(x, int) for x in layers[1:]):
         bad("pytorch.layer_sizes", "only the first entry may be num_desc; the others are layer widths")
     if layers[-1] != 1:
