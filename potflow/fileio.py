@@ -1,4 +1,10 @@
-"""Atomic writes: a killed job never leaves a truncated file behind."""
+"""Atomic writes: a killed job or a full disk never leaves a truncated file behind.
+
+A write goes to a hidden temporary beside the output (``.NAME.*.tmp``) that is renamed onto the
+output only when complete. A failed write (``OSError``, e.g. no space left) removes it and ends
+with a one-line ``PotflowWriteError`` naming the output; temporaries a killed job left behind
+are removed by the next write of the same output.
+"""
 
 import contextlib
 import json
@@ -9,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from potflow.errors import PotflowWriteError
+
 
 def _umask():
     mask = os.umask(0)
@@ -16,20 +24,50 @@ def _umask():
     return mask
 
 
+def _remove_stale_temporaries(path):
+    """Temporaries of ``path`` that a killed earlier write left behind (files or folders)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _write_error(path, exc):
+    """A PotflowWriteError for a write that failed with ``exc`` (or with an OSError behind it,
+    as torch's writer reports one), else None."""
+    cause = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    reason = cause.strerror or str(cause) or type(cause).__name__
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MB free there"
+    except OSError:
+        free = ""
+    return PotflowWriteError(path, f"cannot write ({reason}{free}); nothing was written")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any file
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        error = _write_error(path, exc) if isinstance(exc, Exception) else None
+        if error is not None:
+            raise error from None
         raise
 
 
@@ -38,6 +76,7 @@ def atomic_directory(path):
     """Yield a temporary directory beside ``path``; it replaces ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
@@ -45,8 +84,11 @@ def atomic_directory(path):
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        error = _write_error(path, exc) if isinstance(exc, Exception) else None
+        if error is not None:
+            raise error from None
         raise
 
 
