@@ -222,8 +222,9 @@ def save_model(path, model, **info):
     """Write a model file atomically; ``info`` says which model it is (epoch, selection...)."""
     from potflow.fileio import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save(model_record(model, **info), tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # through a Python file, so that a failed write (disk full) raises its OSError
+        torch.save(model_record(model, **info), fh)
 
 
 def model_from_record(record, where="model"):

@@ -176,8 +176,8 @@ def check_compatible(rec, cfg, model, where):
 
 
 def write_checkpoint(path, record):
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(record, fh)  # a Python file: a failed write (disk full) raises its OSError
 
 
 def _clean_stale_temporaries(path):
