@@ -38,7 +38,13 @@ from potflow.config import descriptor_key, settings_hash
 from potflow.dataset import FitData, make_store
 from potflow.errors import PotflowInputError
 from potflow.fileio import atomic_path
-from potflow.model import AtomicEnergyModel, model_from_record, model_record, save_model
+from potflow.model import (
+    AtomicEnergyModel,
+    load_refusal,
+    model_from_record,
+    model_record,
+    save_model,
+)
 
 CHECKPOINT_FORMAT = "potflow-checkpoint"
 # pytorch keys that do not change the course of a fit: a resume may differ in them
@@ -152,7 +158,7 @@ def read_checkpoint(path, where=None):
     except FileNotFoundError:
         raise PotflowInputError(where, "file does not exist") from None
     except Exception as exc:
-        msg = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        msg = load_refusal(exc)
         raise PotflowInputError(where, f"not a readable potflow checkpoint (truncated or foreign; refused: {msg})") from None
     if not isinstance(rec, dict) or rec.get("format") not in (CHECKPOINT_FORMAT, "potflow-model"):
         raise PotflowInputError(where, "not a potflow checkpoint or model file")
