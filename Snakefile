@@ -19,6 +19,11 @@ elif not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+# potflow's own check first: a bad config ends with one line naming its file and field.
+sys.path.insert(0, workflow.current_basedir.get_path_or_uri(secret_free=True))
+from potflow.config import check_workflow_config
+
+check_workflow_config(config, workflow.configfiles)
 validate(config, "schemas/config.schema.yaml")
 
 

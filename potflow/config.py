@@ -1,6 +1,7 @@
 """Load and check a potflow configuration (FitSNAP's sections and key names, in YAML)."""
 
 import copy
+import difflib
 import hashlib
 import json
 import math
@@ -44,8 +45,15 @@ def _with_defaults(validator_class):
 
 
 def _error_line(error, source):
-    path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    return PotflowInputError(source, f"config field '{path}': {error.message}")
+    path = ".".join(str(p) for p in error.absolute_path)
+    known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict) and known:
+        # name the unknown key itself, with the nearest known one (a typo, usually)
+        key = next(str(k) for k in error.instance if k not in known)
+        near = difflib.get_close_matches(key, list(known), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else f" (known: {', '.join(known)})"
+        return PotflowInputError(source, f"config field '{'.'.join(filter(None, [path, key]))}': unknown key{hint}")
+    return PotflowInputError(source, f"config field '{path or '(top level)'}': {error.message}")
 
 
 def apply_schema(cfg, source="config"):
@@ -88,6 +96,17 @@ def check_config(cfg, source="config"):
         bad("pytorch.layer_sizes", "must start with num_desc")
     if any(not isinstance(x, int) for x in layers[1:]):
         bad("pytorch.layer_sizes", "only the first entry may be num_desc; the others are layer widths")
+    if isinstance(layers[0], int):
+        # an explicit width must be the descriptor count: the network's input is B_i itself
+        from potflow.descriptors import num_descriptors  # (descriptors imports this module)
+
+        K = num_descriptors(bis["twojmax"], bis["chemflag"], n)
+        if layers[0] != K:
+            bad(
+                "pytorch.layer_sizes",
+                f"starts with {layers[0]} but each atom has {K} descriptors (bispectrum.twojmax "
+                f"{bis['twojmax']}{', chemflag 1' if bis['chemflag'] else ''}); start it with num_desc",
+            )
     if layers[-1] != 1:
         bad("pytorch.layer_sizes", f"must end with 1 (one energy per atom), not {layers[-1]}")
     act = torch_cfg["activation"]
@@ -119,6 +138,30 @@ def prepare_config(cfg, source="config"):
     apply_schema(cfg, source)
     check_config(cfg, source)
     return cfg
+
+
+def config_source(configfiles=()):
+    """How errors name a Snakemake run's config: its config file(s)."""
+    names = []
+    for f in configfiles:
+        path = Path(f).resolve()
+        try:
+            shown = str(path.relative_to(Path.cwd()))
+        except ValueError:
+            shown = str(path)
+        if shown not in names:
+            names.append(shown)
+    return f"config {' + '.join(names)}" if names else "config"
+
+
+def check_workflow_config(config, configfiles=(), basedir="."):
+    """The Snakefile's first check: a bad config ends the run with ONE line naming the config
+    file(s) and the field, exit status 1 (not Snakemake's schema dump or traceback)."""
+    try:
+        cfg = prepare_config(config, source=config_source(configfiles))
+        fit_groups(cfg, basedir)
+    except PotflowInputError as exc:
+        raise SystemExit(f"potflow error: {exc}") from None
 
 
 def load_config(path):

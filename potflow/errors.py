@@ -7,3 +7,7 @@ class PotflowInputError(ValueError):
     def __init__(self, where, message):
         self.where = str(where)
         super().__init__(f"{self.where}: {message}")
+
+
+class PotflowWriteError(PotflowInputError):
+    """An output could not be written (a full disk, a quota): reported in one line the same way."""

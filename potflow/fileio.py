@@ -1,4 +1,10 @@
-"""Atomic writes: a killed job never leaves a truncated file behind."""
+"""Atomic writes: a killed job or a full disk never leaves a truncated file behind.
+
+A write goes to a hidden temporary beside the output (``.NAME.*.tmp``) that is renamed onto the
+output only when complete. A failed write (``OSError``, e.g. no space left) removes it and ends
+with a one-line ``PotflowWriteError`` naming the output; temporaries a killed job left behind
+are removed by the next write of the same output.
+"""
 
 import contextlib
 import json
@@ -8,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from potflow.errors import PotflowWriteError
 
 
 def _umask():
@@ -27,6 +35,22 @@ def clean_stale_temporaries(path):
                 tmp.unlink()
 
 
+def _write_error(path, exc):
+    """A PotflowWriteError for a write that failed with ``exc`` (or with an OSError behind it,
+    as torch's writer reports one), else None."""
+    cause = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    reason = cause.strerror or str(cause) or type(cause).__name__
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MB free there"
+    except OSError:
+        free = ""
+    return PotflowWriteError(path, f"cannot write ({reason}{free}); nothing was written")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
@@ -39,9 +63,12 @@ def atomic_path(path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        error = _write_error(path, exc) if isinstance(exc, Exception) else None
+        if error is not None:
+            raise error from None
         raise
 
 
@@ -58,8 +85,11 @@ def atomic_directory(path):
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        error = _write_error(path, exc) if isinstance(exc, Exception) else None
+        if error is not None:
+            raise error from None
         raise
 
 

@@ -222,8 +222,9 @@ def save_model(path, model, **info):
     """Write a model file atomically; ``info`` says which model it is (epoch, selection...)."""
     from potflow.fileio import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save(model_record(model, **info), tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # through a Python file, so that a failed write (disk full) raises its OSError
+        torch.save(model_record(model, **info), fh)
 
 
 def model_from_record(record, where="model"):
@@ -239,6 +240,18 @@ def model_from_record(record, where="model"):
     return model
 
 
+def load_refusal(exc):
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words: the blocked global
+    or instruction, never torch's advice to retry with ``weights_only=False``."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        skip = ("Check the documentation", "Please file an issue", "Weights only load failed")
+        telling = [line for line in lines if not line.startswith(skip)]
+        detail = f" ({telling[0][:150]})" if telling else ""
+        return f"it holds pickled objects, not plain tensors{detail}"
+    return (lines[0].split(". ")[0] if lines else type(exc).__name__)[:200]  # its first sentence
+
+
 def load_model(path, map_location="cpu"):
     """(model, info) from a file written by ``save_model``; never unpickles arbitrary objects."""
     from potflow.errors import PotflowInputError
@@ -248,6 +261,5 @@ def load_model(path, map_location="cpu"):
     except FileNotFoundError:
         raise PotflowInputError(path, "model file does not exist") from None
     except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PotflowInputError(path, f"not a readable potflow model file (refused to unpickle: {msg[:200]})") from None
+        raise PotflowInputError(path, f"not a readable potflow model file (refused: {load_refusal(exc)})") from None
     return model_from_record(record, path), record.get("info", {})

@@ -184,7 +184,11 @@ def import_group(source, scraper, elements, out_path, min_distance=0.5):
     source = Path(source)
     records = read_json_group(source) if scraper == "JSON" else read_xyz_group(source)
     if not records:
-        raise PotflowInputError(source, f"empty group: no {scraper} configurations found")
+        raise PotflowInputError(
+            source,
+            f"empty group: no {scraper} configurations found in path.dataPath "
+            "(add data, or leave the group out with groups.exclude)",
+        )
     for rec in records:
         where = source / rec["file"] if scraper == "JSON" else f"{source.parent / rec['file']}"
         check_record(rec, elements, min_distance, where)

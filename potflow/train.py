@@ -43,7 +43,13 @@ from potflow.config import descriptor_key, settings_hash
 from potflow.dataset import ConfigSet, FitData, batch_sizes, make_store
 from potflow.errors import PotflowInputError
 from potflow.fileio import atomic_path, clean_stale_temporaries
-from potflow.model import AtomicEnergyModel, model_from_record, model_record, save_model
+from potflow.model import (
+    AtomicEnergyModel,
+    load_refusal,
+    model_from_record,
+    model_record,
+    save_model,
+)
 
 CHECKPOINT_FORMAT = "potflow-checkpoint"
 # pytorch keys that do not change the course of a fit: a resume may differ in them
@@ -180,7 +186,7 @@ def read_checkpoint(path, where=None):
     except FileNotFoundError:
         raise PotflowInputError(where, "file does not exist") from None
     except Exception as exc:
-        msg = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        msg = load_refusal(exc)
         raise PotflowInputError(where, f"not a readable potflow checkpoint (truncated or foreign; refused: {msg})") from None
     if not isinstance(rec, dict) or rec.get("format") not in (CHECKPOINT_FORMAT, "potflow-model"):
         raise PotflowInputError(where, "not a potflow checkpoint or model file")
@@ -204,8 +210,8 @@ def check_compatible(rec, cfg, model, where):
 
 
 def write_checkpoint(path, record):
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(record, fh)  # a Python file: a failed write (disk full) raises its OSError
 
 
 def start_state(cfg, model, resume, run_hash, clean=True):

@@ -182,9 +182,12 @@ def mapped_rss(name):
 
 
 def prepared_bytes(prepared):
-    arrays = [prepared.x, prepared.grad, prepared.force]
-    host = [prepared.types, prepared.row_i, prepared.row_j, prepared.row_a]
-    return sum(t.element_size() * t.numel() for t in arrays) + sum(a.nbytes for a in host)
+    # the chunk read ahead may still be under construction in its thread: count what it has
+    arrays = [getattr(prepared, name, None) for name in ("x", "grad", "force")]
+    host = [getattr(prepared, name, None) for name in ("types", "row_i", "row_j", "row_a")]
+    return sum(t.element_size() * t.numel() for t in arrays if t is not None) + sum(
+        a.nbytes for a in host if a is not None
+    )
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc/self/smaps")
