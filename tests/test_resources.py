@@ -48,10 +48,13 @@ def _bcc_group(path, repeat, configs=2, seed=0):
 
 
 PEAK = """
-import json, resource, sys
+import json, sys
 from potflow.descriptors import compute_group_descriptors
 compute_group_descriptors(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM: this process's own peak. ru_maxrss would start from the parent's size at the fork
+# (a large pytest process made the estimate look too small)
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(int(hwm.split()[1]) / 1024)
 """
 
 
