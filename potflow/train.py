@@ -42,7 +42,7 @@ from potflow import distributed
 from potflow.config import descriptor_key, settings_hash
 from potflow.dataset import ConfigSet, FitData, batch_sizes, make_store
 from potflow.errors import PotflowInputError
-from potflow.fileio import atomic_path
+from potflow.fileio import atomic_path, clean_stale_temporaries
 from potflow.model import AtomicEnergyModel, model_from_record, model_record, save_model
 
 CHECKPOINT_FORMAT = "potflow-checkpoint"
@@ -206,14 +206,6 @@ def write_checkpoint(path, record):
         torch.save(record, tmp)
 
 
-def _clean_stale_temporaries(path):
-    """Temporaries a killed atomic write left beside ``path``."""
-    path = Path(path)
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
 def start_state(cfg, model, resume, run_hash, clean=True):
     """(record or None, source, from save_state_input): where a fit starts.
 
@@ -224,7 +216,7 @@ def start_state(cfg, model, resume, run_hash, clean=True):
     tcfg = cfg["pytorch"]
     if resume is not None:
         if clean:
-            _clean_stale_temporaries(resume)
+            clean_stale_temporaries(resume)
         if Path(resume).exists():
             try:
                 rec = read_checkpoint(resume)

@@ -47,14 +47,14 @@ def _bcc_group(path, repeat, configs=2, seed=0):
     return path
 
 
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a big pytest
+# process would report the parent's size.
 PEAK = """
-import json, sys
+import json, re, sys
+from pathlib import Path
 from potflow.descriptors import compute_group_descriptors
 compute_group_descriptors(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
-# VmHWM: this process's own peak. ru_maxrss would start from the parent's size at the fork
-# (a large pytest process made the estimate look too small)
-hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print(int(hwm.split()[1]) / 1024)
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024)
 """
 
 
@@ -65,6 +65,7 @@ def _peak_mb(cfg, npz, out):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     return float(res.stdout.split()[-1])
+
 
 
 @pytest.fixture(scope="module")
