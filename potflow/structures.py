@@ -157,11 +157,35 @@ def read_xyz_group(path):
     return records
 
 
-def check_record(rec, elements, min_distance, where):
-    """Physical sanity: known elements, a real cell, no overlapping atoms."""
+def shortest_distance(positions, cell, pbc, cutoff):
+    """The shortest interatomic distance below ``cutoff`` (periodic images included), else None."""
+    n = len(positions)
+    heights = None
+    if pbc.any() and n <= 2000:
+        volume = abs(np.linalg.det(cell))
+        areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        heights = volume / np.maximum(areas, 1e-300)
+    if n <= 2000 and (heights is None or np.all(heights[pbc] > 2 * cutoff)):
+        # any vector shorter than the cutoff has fractional parts below 1/2 along every periodic
+        # axis, so the rounded image is the only one that can be that close: exact, O(N^2) in numpy
+        i, j = np.triu_indices(n, 1)
+        diff = positions[j] - positions[i]
+        if pbc.any():
+            frac = np.linalg.solve(cell.T, diff.T).T
+            frac[:, pbc] -= np.round(frac[:, pbc])
+            diff = frac @ cell
+        d = np.sqrt(np.einsum("ij,ij->i", diff, diff)) if len(diff) else np.empty(0)
+        d = d[d < cutoff]
+        return float(d.min()) if len(d) else None
     from ase import Atoms
     from ase.neighborlist import neighbor_list
 
+    d = neighbor_list("d", Atoms(positions=positions, cell=cell, pbc=pbc), cutoff)
+    return float(d.min()) if len(d) else None
+
+
+def check_record(rec, elements, min_distance, where):
+    """Physical sanity: known elements, a real cell, no overlapping atoms."""
     unknown = sorted(set(rec["symbols"]) - set(elements))
     if unknown:
         raise PotflowInputError(where, f"element(s) {', '.join(unknown)} not in config bispectrum.type {elements}")
@@ -170,12 +194,11 @@ def check_record(rec, elements, min_distance, where):
         if volume < 1e-6:
             raise PotflowInputError(where, f"field 'Lattice' has zero volume ({volume:.3g} A^3)")
     if min_distance > 0 and len(rec["symbols"]) > 1:
-        atoms = Atoms(positions=rec["positions"], cell=rec["cell"], pbc=rec["pbc"])
-        d = neighbor_list("d", atoms, min_distance)
-        if len(d):
+        d = shortest_distance(rec["positions"], rec["cell"], rec["pbc"], min_distance)
+        if d is not None:
             raise PotflowInputError(
                 where,
-                f"atoms overlap: distance {d.min():.3g} A is below descriptors.min_distance {min_distance} A",
+                f"atoms overlap: distance {d:.3g} A is below descriptors.min_distance {min_distance} A",
             )
 
 

@@ -230,3 +230,27 @@ def test_bad_group_fails_its_workflow_job(tmp_path, repo_root):
     assert expected in run.stderr
     assert expected in (tmp_path / "results" / "logs" / "import" / "Group.log").read_text()
     assert not (tmp_path / "results" / "data").exists() or not any((tmp_path / "results" / "data").iterdir())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shortest_distance_agrees_with_ase(seed):
+    """The numpy overlap check finds what ASE's neighbour list finds: orthogonal, skewed,
+    small (ASE's path) and partly periodic cells, atoms wrapped or not."""
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    from potflow.structures import shortest_distance
+
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        cell = np.diag(rng.uniform(0.8, 6.0, 3)) + np.triu(rng.uniform(-3.0, 3.0, (3, 3)), 1)
+        pbc = rng.random(3) < 0.8
+        n = int(rng.integers(2, 30))
+        pos = rng.uniform(-0.5, 1.5, (n, 3)) @ cell
+        cutoff = float(rng.uniform(0.3, 1.5))
+        d = neighbor_list("d", Atoms(positions=pos, cell=cell, pbc=pbc), cutoff)
+        want = float(d.min()) if len(d) else None
+        got = shortest_distance(pos, cell, pbc, cutoff)
+        assert (got is None) == (want is None), (got, want)
+        if want is not None:
+            assert got == pytest.approx(want, abs=1e-9)
