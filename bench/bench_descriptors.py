@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from measure import tree_rss
 
 REPO = Path(__file__).resolve().parent.parent
 ZBL = "hybrid/overlay zero 10.0 zbl 4.0 4.8"
@@ -52,23 +53,6 @@ SYSTEMS = {
         },
     },
 }  # fmt: skip
-
-
-def tree_rss(proc):
-    """(sum, largest) RSS in bytes of a process and its descendants."""
-    import psutil
-
-    sizes = []
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0, 0
-    for p in procs:
-        try:
-            sizes.append(p.memory_info().rss)
-        except psutil.NoSuchProcess:
-            pass
-    return sum(sizes), max(sizes, default=0)
 
 
 def run_snakemake(workdir, cores):

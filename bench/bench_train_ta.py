@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from measure import mae_on_test_split
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "Ta_JSON"
 CONFIG = {
@@ -99,42 +101,6 @@ def descriptors(work):
     return folders, time.perf_counter() - t0
 
 
-def test_mae(cfg, folders, model_path):
-    """Energy (eV/atom) and force (eV/A) MAE of the model on the test split, with model.predict."""
-    import numpy as np
-    import torch
-
-    from potflow.dataset import FitData, concat_ranges
-    from potflow.model import load_model, predict
-
-    model, _ = load_model(model_path)
-    model.double().eval()
-    data = FitData(cfg, folders)
-    test = data.subset("test")
-    e_err, f_err = [], []
-    with torch.no_grad():
-        for g, local, pos in test.pieces():
-            a = g.arrays
-            atoms = concat_ranges(g.atom_start[local], g.natoms[local])
-            rows = concat_ranges(g.row_start[local], g.nrows[local])
-            # grad_index rows count atoms within the batch: add each config's first atom
-            first = np.cumsum(g.natoms[local]) - g.natoms[local]
-            idx = np.asarray(a["grad_index"][rows], dtype=np.int64)
-            idx[:, :2] += np.repeat(first, g.nrows[local])[:, None]
-            energy, forces, _ = predict(
-                model,
-                torch.from_numpy(np.asarray(a["descriptors"][atoms])),
-                torch.from_numpy(g.types[atoms]),
-                torch.from_numpy(g.natoms[local]),
-                torch.from_numpy(np.asarray(a["grad_values"][rows], dtype=np.float64)),
-                torch.from_numpy(idx),
-            )
-            target_e = data.table["energy"][test.ids[pos]]
-            e_err.append(np.abs(energy.numpy() - target_e) / g.natoms[local])
-            f_err.append(np.abs(forces.numpy() - np.asarray(a["force_target"][atoms])).ravel())
-    return float(np.concatenate(e_err).mean()), float(np.concatenate(f_err).mean())
-
-
 def run_one(args):
     """Child process: one training run; prints a JSON line."""
     import numpy as np
@@ -157,7 +123,7 @@ def run_one(args):
     res = train(cfg, folders, paths, progress=False)
     wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    mae_e, mae_f = test_mae(cfg, folders, paths.model)
+    mae_e, mae_f, _ = mae_on_test_split(cfg, folders, paths.model)
     times = res["epoch_seconds"]
     print(json.dumps({
         "batch_size": args.batch_size, "threads": args.threads, "epochs": args.epochs,

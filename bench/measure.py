@@ -1,0 +1,54 @@
+"""Measurements the benchmarks share: process-tree memory and test-set errors of a model."""
+
+
+def tree_rss(handle):
+    """(sum, largest) RSS in bytes of a process and its descendants."""
+    import psutil
+
+    sizes = []
+    try:
+        procs = [handle, *handle.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0, 0
+    for p in procs:
+        try:
+            sizes.append(p.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+    return sum(sizes), max(sizes, default=0)
+
+
+def mae_on_test_split(cfg, folders, model_path):
+    """Energy (eV/atom) and force (eV/A) MAE of the model on the test split (float64 predict)."""
+    import numpy as np
+    import torch
+
+    from potflow.dataset import FitData, concat_ranges
+    from potflow.model import load_model, predict
+
+    model, _ = load_model(model_path)
+    model.double().eval()
+    data = FitData(cfg, folders)
+    test = data.subset("test")
+    e_err, f_err = [], []
+    with torch.no_grad():
+        for g, local, pos in test.pieces():
+            a = g.arrays
+            atoms = concat_ranges(g.atom_start[local], g.natoms[local])
+            rows = concat_ranges(g.row_start[local], g.nrows[local])
+            first = np.cumsum(g.natoms[local]) - g.natoms[local]
+            idx = np.asarray(a["grad_index"][rows], dtype=np.int64)
+            idx[:, :2] += np.repeat(first, g.nrows[local])[:, None]
+            energy, forces, _ = predict(
+                model,
+                torch.from_numpy(np.asarray(a["descriptors"][atoms])),
+                torch.from_numpy(g.types[atoms]),
+                torch.from_numpy(g.natoms[local]),
+                torch.from_numpy(np.asarray(a["grad_values"][rows], dtype=np.float64)),
+                torch.from_numpy(idx),
+            )
+            target_e = data.table["energy"][test.ids[pos]]
+            e_err.append(np.abs(energy.numpy() - target_e) / g.natoms[local])
+            f_err.append(np.abs(forces.numpy() - np.asarray(a["force_target"][atoms])).ravel())
+            data.release_pages()
+    return float(np.concatenate(e_err).mean()), float(np.concatenate(f_err).mean()), len(test)
