@@ -59,7 +59,7 @@ def run_snakemake(workdir, cores):
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
         "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-        "--cores", str(cores), "--quiet", "all",
+        "--cores", str(cores), "--quiet", "--until", "compute_descriptors",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     try:

@@ -24,7 +24,6 @@ import itertools
 import json
 import re
 
-import pandas as pd
 import yaml
 
 from potflow.config import descriptor_key, prepare_config, settings_hash
@@ -246,4 +245,6 @@ def fits_table(fits):
         row["committee_members"] = n
         row["member_seeds"] = " ".join(str(member_seed(cfg["pytorch"]["seed"], k)) for k in range(n))
         rows.append(row)
+    import pandas as pd  # here, not at the top: Snakemake imports this module to parse the workflow
+
     return pd.DataFrame(rows)
