@@ -2,7 +2,7 @@
 
     python bench/bench_wbe.py descriptors --cores 2 [--work /tmp/wbe_bench]
     python bench/bench_wbe.py train --batch-size 4 64 --fraction 0.1 0.3 1.0 --epochs 3
-    python bench/bench_wbe.py fit --seconds 1020 [--extra '{"activation": "relu"}']
+    python bench/bench_wbe.py fit --epochs 200 --extra '{"scheduler": {"type": "cosine"}}'
     python bench/bench_wbe.py pipeline --cores 2 [--work /tmp/wbe_run]
 
 Results go to --work (outside the repository). ``descriptors`` runs Snakemake up to the
@@ -10,8 +10,8 @@ descriptor rule from an empty folder (import + descriptors of all 44 groups; Sna
 included) and samples the peak RSS of the process tree. ``train`` trains on a fraction f of
 every group's configurations (training_size 0.7 f, testing_size 0.3 f), each run a fresh
 process so that its peak RSS (ru_maxrss) is its own; it prints the median epoch time.
-``fit`` trains for a wall-time budget (FitSNAP's 17 minutes by default) and prints the test
-MAE of the selected model. ``pipeline`` runs the whole workflow and prints each stage's time.
+``fit`` trains the whole set for --epochs (pick them to fit FitSNAP's 17 minutes) and prints
+the test MAE of the selected model. ``pipeline`` runs the whole workflow and prints each stage's time.
 FitSNAP's figures (same machine) are in ../shared/FITSNAP_NOTES.md.
 """
 
