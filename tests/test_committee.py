@@ -1,8 +1,6 @@
 """Committees: mean and spread by hand, the added perconfig/peratom columns, the MD check, and a
 sweep with committees run end to end by Snakemake."""
 
-import subprocess
-import sys
 
 import ase.io
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 import torch
 import yaml
 from ase.build import bulk
+from workflow_runs import job_counts, run_workflow
 
 from potflow import committee as pc
 from potflow import evaluate as pfe
@@ -188,13 +187,8 @@ def test_md_disagreement_and_candidates(fit, tmp_path):
 WORKFLOW_GROUPS = ["Displaced_FCC", "Strained_BCC", "Surface_100", "Volume_BCC"]
 
 
-def snakemake(workdir, repo_root, *args):
-    cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(repo_root / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), *args,
-    ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stderr[-4000:]
+def snakemake(workdir, *args):
+    run = run_workflow(workdir, *args, timeout=400)
     return run.stdout + run.stderr
 
 
@@ -216,10 +210,10 @@ def test_sweep_with_committees_end_to_end(tmp_path, repo_root):
         "md": {"steps": 40, "dump_every": 10, "thermo_every": 10, "min_atoms": 16, "check_snapshots": 0, "drift_bound": 10.0},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    plan = snakemake(tmp_path, repo_root, "--dry-run", "--quiet", "rules")
-    jobs = dict(line.split() for line in plan.split("Job stats:")[1].splitlines()[3:] if len(line.split()) == 2)
-    assert jobs["compute_descriptors"] == "4" and jobs["train"] == "2" and jobs["train_member"] == "2"
-    snakemake(tmp_path, repo_root, "--cores", "2", "--quiet", "rules")
+    plan = snakemake(tmp_path, "--dry-run", "--quiet", "rules")
+    jobs = job_counts(plan)
+    assert jobs["compute_descriptors"] == 4 and jobs["train"] == 2 and jobs["train_member"] == 2
+    snakemake(tmp_path, "--cores", "2", "--quiet", "rules")
 
     results = tmp_path / "results"
     board = pd.read_csv(results / "leaderboard" / "leaderboard.tsv", sep="\t")
@@ -265,5 +259,5 @@ def test_sweep_with_committees_end_to_end(tmp_path, repo_root):
     assert board.set_index("fit").loc["layer_sizes-8", "md_candidates"] == 5
 
     # nothing left to do
-    again = snakemake(tmp_path, repo_root, "--dry-run", "--quiet", "rules")
+    again = snakemake(tmp_path, "--dry-run", "--quiet", "rules")
     assert "Job stats:" not in again

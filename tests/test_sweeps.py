@@ -1,8 +1,6 @@
 """Sweeps: expansion and naming of fits, descriptor sharing (Snakemake's dry run), the leaderboard."""
 
 import json
-import subprocess
-import sys
 
 import ase.io
 import numpy as np
@@ -10,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from workflow_runs import job_counts, run_workflow
 
 from potflow import leaderboard as lb
 from potflow.config import descriptor_key, prepare_config
@@ -175,23 +174,10 @@ def datadir(tmp_path_factory, repo_root):
     return root
 
 
-def planned_jobs(workdir, repo_root, cfg):
+def planned_jobs(workdir, cfg):
     """{rule: jobs} of Snakemake's dry run of the whole workflow for ``cfg``."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(repo_root / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"), "--dry-run", "--quiet", "rules",
-    ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
-    table = run.stdout.split("Job stats:", 1)[1].splitlines()[3:]
-    counts = {}
-    for line in table:
-        words = line.split()
-        if len(words) != 2 or words[0] == "total":
-            break
-        counts[words[0]] = int(words[1])
-    return counts
+    return job_counts(run_workflow(workdir, "--dry-run", "--quiet", "rules").stdout)
 
 
 def base_config(datadir):
@@ -200,7 +186,7 @@ def base_config(datadir):
 
 def test_network_sweep_computes_each_descriptor_once(tmp_path, datadir, repo_root):
     cfg = base_config(datadir) | {"sweep": {"pytorch.layer_sizes": LAYERS, "pytorch.seed": [0, 1]}}
-    jobs = planned_jobs(tmp_path, repo_root, cfg)
+    jobs = planned_jobs(tmp_path, cfg)
     assert jobs["train"] == 6
     assert jobs["evaluate_fit"] == 6
     assert jobs["import_group"] == len(GROUPS)
@@ -214,7 +200,7 @@ def test_bispectrum_sweep_computes_one_set_per_setting(tmp_path, datadir, repo_r
         "sweep": {"bispectrum.twojmax": [4, 6], "pytorch.layer_sizes": LAYERS[:2]},
         "committee": {"members": 2},
     }
-    jobs = planned_jobs(tmp_path, repo_root, cfg)
+    jobs = planned_jobs(tmp_path, cfg)
     assert jobs["train"] == 4
     assert jobs["train_member"] == 4  # one more member per fit, each its own job
     assert jobs["compute_descriptors"] == 2 * len(GROUPS)  # per group per twojmax
@@ -223,7 +209,7 @@ def test_bispectrum_sweep_computes_one_set_per_setting(tmp_path, datadir, repo_r
 
 
 def test_single_fit_has_no_leaderboard(tmp_path, datadir, repo_root):
-    jobs = planned_jobs(tmp_path, repo_root, base_config(datadir))
+    jobs = planned_jobs(tmp_path, base_config(datadir))
     assert jobs["train"] == 1 and jobs["compute_descriptors"] == len(GROUPS)
     assert "leaderboard" not in jobs and "fits_table" not in jobs
 

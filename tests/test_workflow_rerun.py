@@ -2,13 +2,12 @@
 
 import copy
 import os
-import subprocess
-import sys
 import time
 
 import ase.io
 import pytest
 import yaml
+from workflow_runs import job_counts, run_workflow
 
 GROUPS = ["Displaced_FCC", "Strained_BCC", "Surface_100", "Volume_BCC"]
 CONFIG = {
@@ -25,19 +24,13 @@ CONFIG = {
 PER_GROUP = ("import_group", "compute_descriptors")
 
 
-def snakemake(workdir, repo_root, *args):
-    cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(repo_root / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), *args,
-    ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run.stdout
+def snakemake(workdir, *args):
+    return run_workflow(workdir, *args).stdout
 
 
-def planned(workdir, repo_root):
+def planned(workdir):
     """{rule: set of groups whose output Snakemake would (re)make}, from ``--summary``."""
-    lines = snakemake(workdir, repo_root, "--summary").splitlines()
+    lines = snakemake(workdir, "--summary").splitlines()
     header = lines.index(next(line for line in lines if line.startswith("output_file\t")))
     plan = {}
     for line in lines[header + 1 :]:
@@ -49,18 +42,9 @@ def planned(workdir, repo_root):
     return plan
 
 
-def job_counts(workdir, repo_root):
+def planned_job_counts(workdir):
     """Job counts per rule of the dry run (``-n --quiet rules``); {} when nothing is to be done."""
-    out = snakemake(workdir, repo_root, "--dry-run", "--quiet", "rules")
-    counts = {}
-    if "Job stats:" in out:
-        table = out.split("Job stats:", 1)[1].splitlines()[3:]
-        for line in table:
-            words = line.split()
-            if len(words) != 2 or words[0] == "total":
-                break
-            counts[words[0]] = int(words[1])
-    return counts
+    return job_counts(snakemake(workdir, "--dry-run", "--quiet", "rules"))
 
 
 def write_config(workdir, cfg):
@@ -76,9 +60,9 @@ def built(tmp_path_factory, repo_root):
         frames = ase.io.read(repo_root / "data" / "Ta_example" / f"{group}.xyz", index=":4")
         ase.io.write(workdir / "data" / f"{group}.xyz", frames, format="extxyz")
     write_config(workdir, CONFIG)
-    snakemake(workdir, repo_root, "--cores", "2", "--quiet", "all")
-    assert job_counts(workdir, repo_root) == {}
-    assert planned(workdir, repo_root) == {}
+    snakemake(workdir, "--cores", "2", "--quiet", "all")
+    assert planned_job_counts(workdir) == {}
+    assert planned(workdir) == {}
     return workdir
 
 
@@ -94,10 +78,10 @@ def test_training_parameter_reruns_no_descriptor_job(built, repo_root):
     cfg["groups"]["Surface_100"] = {"training_size": 0.5, "testing_size": 0.5}
     write_config(built, cfg)
     try:
-        counts = job_counts(built, repo_root)
+        counts = planned_job_counts(built)
         assert counts["train"] == 1, counts  # the fit and what follows it do rerun
         assert not set(PER_GROUP) & set(counts), counts
-        assert per_group(planned(built, repo_root)) == {}
+        assert per_group(planned(built)) == {}
     finally:
         write_config(built, CONFIG)
 
@@ -107,10 +91,10 @@ def test_descriptor_setting_reruns_every_descriptor_job(built, repo_root):
     cfg["bispectrum"] = {"rcutfac": 4.5}
     write_config(built, cfg)
     try:
-        counts = job_counts(built, repo_root)
+        counts = planned_job_counts(built)
         assert counts["compute_descriptors"] == len(GROUPS) and "import_group" not in counts, counts
         assert counts["train"] == 1, counts
-        assert per_group(planned(built, repo_root)) == {"compute_descriptors": set(GROUPS)}
+        assert per_group(planned(built)) == {"compute_descriptors": set(GROUPS)}
     finally:
         write_config(built, CONFIG)
 
@@ -122,10 +106,10 @@ def test_editing_one_group_reruns_only_that_group(built, repo_root):
     frames[1].positions[0, 0] += 0.01
     time.sleep(0.01)
     ase.io.write(path, frames, format="extxyz")
-    counts = job_counts(built, repo_root)
+    counts = planned_job_counts(built)
     assert counts["import_group"] == 1 and counts["compute_descriptors"] == 1, counts
     assert counts["train"] == 1, counts  # aggregates over groups rerun too
-    assert per_group(planned(built, repo_root)) == {
+    assert per_group(planned(built)) == {
         "import_group": {"Surface_100"},
         "compute_descriptors": {"Surface_100"},
     }
