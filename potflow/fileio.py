@@ -37,7 +37,9 @@ def clean_stale_temporaries(path):
 
 def _write_error(path, exc):
     """A PotflowWriteError for a write that failed with ``exc`` (or with an OSError behind it,
-    as torch's writer reports one), else None."""
+    as torch's writer reports one), else None (an interrupt, any other error)."""
+    if not isinstance(exc, Exception):
+        return None
     cause = exc
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
@@ -66,7 +68,7 @@ def atomic_path(path):
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        error = _write_error(path, exc) if isinstance(exc, Exception) else None
+        error = _write_error(path, exc)
         if error is not None:
             raise error from None
         raise
@@ -87,7 +89,7 @@ def atomic_directory(path):
         os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        error = _write_error(path, exc) if isinstance(exc, Exception) else None
+        error = _write_error(path, exc)
         if error is not None:
             raise error from None
         raise
@@ -97,6 +99,14 @@ def write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="\n") as fh:
             fh.write(text)
+
+
+def write_torch(path, obj):
+    """``torch.save`` of plain tensors and values, atomically."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)  # through a Python file, so that a failed write (disk full) raises its OSError
 
 
 def write_json(path, obj):

@@ -20,6 +20,7 @@ import numpy as np
 
 from potflow.errors import PotflowInputError
 from potflow.fileio import atomic_path, write_json, write_text
+from potflow.structures import cell_heights
 
 THERMO_COLUMNS = [
     "step",
@@ -45,12 +46,7 @@ def replicate_to(atoms, min_atoms):
     reps = [1, 1, 1]
     if not atoms.pbc.any():
         return atoms.copy()
-    cell = atoms.cell
-    volume = abs(cell.volume)
-    # height of the cell perpendicular to each face: grow the thinnest one first
-    heights = [
-        volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)
-    ]
+    heights = cell_heights(atoms.cell[:])  # grow the thinnest direction first
     while len(atoms) * math.prod(reps) < min_atoms:
         i = min((i for i in range(3) if atoms.pbc[i]), key=lambda i: heights[i] * reps[i])
         reps[i] += 1

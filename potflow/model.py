@@ -220,11 +220,9 @@ def model_record(model, **info):
 
 def save_model(path, model, **info):
     """Write a model file atomically; ``info`` says which model it is (epoch, selection...)."""
-    from potflow.fileio import atomic_path
+    from potflow.fileio import write_torch
 
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        # through a Python file, so that a failed write (disk full) raises its OSError
-        torch.save(model_record(model, **info), fh)
+    write_torch(path, model_record(model, **info))
 
 
 def model_from_record(record, where="model"):

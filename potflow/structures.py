@@ -157,15 +157,17 @@ def read_xyz_group(path):
     return records
 
 
+def cell_heights(cell):
+    """The cell's height across each pair of faces: the volume over that face's area (3,)."""
+    cell = np.asarray(cell, dtype=np.float64)
+    areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    return abs(np.linalg.det(cell)) / np.maximum(areas, 1e-300)
+
+
 def shortest_distance(positions, cell, pbc, cutoff):
     """The shortest interatomic distance below ``cutoff`` (periodic images included), else None."""
     n = len(positions)
-    heights = None
-    if pbc.any() and n <= 2000:
-        volume = abs(np.linalg.det(cell))
-        areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-        heights = volume / np.maximum(areas, 1e-300)
-    if n <= 2000 and (heights is None or np.all(heights[pbc] > 2 * cutoff)):
+    if n <= 2000 and (not pbc.any() or np.all(cell_heights(cell)[pbc] > 2 * cutoff)):
         # any vector shorter than the cutoff has fractional parts below 1/2 along every periodic
         # axis, so the rounded image is the only one that can be that close: exact, O(N^2) in numpy
         i, j = np.triu_indices(n, 1)

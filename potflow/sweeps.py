@@ -149,7 +149,7 @@ def expand_fits(cfg, source="config"):
     ``cfg`` is a config checked by ``prepare_config`` (with its ``fits``, ``sweep`` and
     ``leaderboard``); the fits' configs have none of those three keys.
     """
-    base = {k: v for k, v in cfg.items() if k not in SWEEP_KEYS}
+    base = _without_sweep_keys(cfg)
     named = cfg.get("fits") or {}
     points = sweep_points(cfg.get("sweep") or {}, source)
     for name in named:

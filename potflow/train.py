@@ -42,7 +42,7 @@ from potflow import distributed
 from potflow.config import descriptor_key, settings_hash
 from potflow.dataset import ConfigSet, FitData, batch_sizes, make_store
 from potflow.errors import PotflowInputError
-from potflow.fileio import atomic_path, clean_stale_temporaries
+from potflow.fileio import atomic_path, clean_stale_temporaries, write_torch
 from potflow.model import (
     AtomicEnergyModel,
     load_refusal,
@@ -209,9 +209,6 @@ def check_compatible(rec, cfg, model, where):
         raise PotflowInputError(where, "checkpoint was made from descriptors with other settings")
 
 
-def write_checkpoint(path, record):
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(record, fh)  # a Python file: a failed write (disk full) raises its OSError
 
 
 def start_state(cfg, model, resume, run_hash, clean=True):
@@ -487,7 +484,7 @@ def _train(cfg, folders, paths, progress, stream):
             patience = tcfg["early_stopping_patience"]
             stopped = bool(patience and has_val and bad_epochs >= patience)
             if ranks.main and (epochs_done % save_freq == 0 or stopped or epochs_done == end):
-                write_checkpoint(periodic, record())
+                write_torch(periodic, record())
             seconds = time.perf_counter() - t0
             epoch_seconds.append(seconds)
             screen.lines(
@@ -533,7 +530,7 @@ def _train(cfg, folders, paths, progress, stream):
         save_model(paths.model, model, **info)
     model.load_state_dict(last_state)
     if ranks.main:
-        write_checkpoint(paths.checkpoint, record())
+        write_torch(paths.checkpoint, record())
         write_loss_file(paths.loss, history)
         data.write_split(paths.split)
         if paths.resume is not None:

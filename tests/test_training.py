@@ -275,18 +275,18 @@ def test_interrupted_run_resumes_from_the_resume_file(ta, tmp_path, monkeypatch)
 
     import potflow.train as pt
 
-    real = pt.write_checkpoint
+    real = pt.write_torch  # the checkpoint writer of the training loop
 
     def write_then_die(path, record):
         real(path, record)
         if record["epochs_done"] == 4:
             raise KeyboardInterrupt  # killed just after the epoch-4 save
 
-    monkeypatch.setattr(pt, "write_checkpoint", write_then_die)
+    monkeypatch.setattr(pt, "write_torch", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, folders, paths(tmp_path / "run"), progress=False)
     assert read_checkpoint(tmp_path / "run" / "resume.pt")["epochs_done"] == 4
-    monkeypatch.setattr(pt, "write_checkpoint", real)
+    monkeypatch.setattr(pt, "write_torch", real)
     # a rerun with other settings ignores the resume state ...
     other = train(with_pytorch(cfg, learning_rate=1e-3), folders, paths(tmp_path / "other"), progress=False)
     assert other["info"]["source"] == "new"
