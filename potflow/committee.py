@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from potflow.errors import PotflowInputError
 from potflow.evaluate import has_committee, testing_bool
-from potflow.fileio import atomic_path, write_json
+from potflow.fileio import atomic_path, write_json, write_tsv
 from potflow.plots import COLOURS
 
 MD_COLUMNS = ["step", "time_ps", "max_force_std", "mean_force_std", "energy_std_per_atom", "candidate"]
@@ -216,8 +216,7 @@ def validate_md_committee(cfg, model_files, trajectory, outputs, title=""):
     table, candidates = md_disagreement(cfg, model_files, frames)
     threshold = cfg["committee"]["force_std_threshold"]
     summary = md_summary(table, threshold, len(model_files), trajectory)
-    with atomic_path(outputs["table"]) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.8g")
+    write_tsv(outputs["table"], table, "%.8g")
     with atomic_path(outputs["candidates"]) as tmp:
         with open(tmp, "w") as fh:
             if candidates:

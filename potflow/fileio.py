@@ -101,6 +101,12 @@ def write_text(path, text):
             fh.write(text)
 
 
+def write_tsv(path, table, float_format=None):
+    """A pandas table as tab-separated text with one header line, written atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format=float_format)
+
+
 def write_torch(path, obj):
     """``torch.save`` of plain tensors and values, atomically."""
     import torch

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from potflow.errors import PotflowInputError
-from potflow.fileio import atomic_path, write_json, write_text
+from potflow.fileio import atomic_path, write_json, write_text, write_tsv
 from potflow.structures import cell_heights
 
 THERMO_COLUMNS = [
@@ -405,8 +405,7 @@ def validate_md(cfg, model, setup_commands, atoms, outputs, log_file):
             log_file,
             f"energy drift {drift:.3e} eV/atom/ps exceeds md.drift_bound {md['drift_bound']:.1e}",
         )
-    with atomic_path(outputs["thermo"]) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.12g")
+    write_tsv(outputs["thermo"], table, "%.12g")
     plot_run(table, natoms, outputs["plot"], f"NVE, {natoms} atoms, drift {drift:.2e} eV/atom/ps")
     write_text(outputs["text"], summary_text(summary))
     if frames is not None:

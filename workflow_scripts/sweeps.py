@@ -8,19 +8,18 @@ sm = snakemake  # noqa: F821
 def fits_table():
     import yaml
 
-    from potflow.fileio import atomic_path, write_text
+    from potflow.fileio import write_text, write_tsv
     from potflow.sweeps import fits_table as table_of
 
     fits = dict(sm.params.fits)
-    with atomic_path(sm.output.table) as tmp:
-        table_of(fits).to_csv(tmp, sep="\t", index=False)
+    write_tsv(sm.output.table, table_of(fits))
     write_text(sm.output.configs, yaml.safe_dump(fits, sort_keys=False))
     print(f"{len(fits)} fits: {', '.join(fits)}")
 
 
 def leaderboard():
     from potflow import leaderboard as lb
-    from potflow.fileio import atomic_path, write_text
+    from potflow.fileio import write_text, write_tsv
     from potflow.plots import save_figure
 
     rows = [
@@ -37,8 +36,7 @@ def leaderboard():
         for fit, src in sm.params.sources.items()
     ]
     table = lb.leaderboard_table(rows, sm.params.sort_by)
-    with atomic_path(sm.output.tsv) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_tsv(sm.output.tsv, table, "%.6g")
     write_text(sm.output.md, lb.markdown(table, sm.params.sort_by))
     write_text(sm.output.html, lb.html(table, sm.params.sort_by))
     save_figure(lb.figure(table, sm.params.sort_by), sm.output.png, sm.output.pdf)
