@@ -14,16 +14,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
-from measure import tree_rss
+from measure import run_snakemake
 
-REPO = Path(__file__).resolve().parent.parent
 ZBL = "hybrid/overlay zero 10.0 zbl 4.0 4.8"
 # FitSNAP's settings for the two reference sets, and its descriptor time (s, one process).
 SYSTEMS = {
@@ -55,36 +51,6 @@ SYSTEMS = {
 }  # fmt: skip
 
 
-def run_snakemake(workdir, cores):
-    cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-        "--cores", str(cores), "--quiet", "--until", "compute_descriptors",
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    log = open(workdir / "snakemake.out", "w")  # noqa: SIM115
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    peak_sum = peak_one = 0
-    if psutil is not None:
-        handle = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            total, largest = tree_rss(handle)
-            peak_sum, peak_one = max(peak_sum, total), max(peak_one, largest)
-            time.sleep(0.05)
-    proc.wait()
-    wall = time.perf_counter() - t0
-    log.close()
-    if proc.returncode != 0:
-        tail = (workdir / "snakemake.out").read_text()[-3000:]
-        raise SystemExit(f"snakemake failed (exit {proc.returncode}):\n{tail}")
-    return wall, peak_sum, peak_one
-
-
 def folder_bytes(path):
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
@@ -95,7 +61,7 @@ def bench(data_dir, system, cores, keep=None):
         cfg = json.loads(json.dumps(SYSTEMS[system]["config"]))
         cfg.update({"scraper": {"scraper": "JSON"}, "path": {"dataPath": str(Path(data_dir).resolve())}})
         (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-        wall, peak_sum, peak_one = run_snakemake(workdir, cores)
+        wall, peak_sum, peak_one = run_snakemake(workdir, cores, "--quiet", "--until", "compute_descriptors")
         metas = [json.loads(m.read_text()) for m in (workdir / "results" / "descriptors").glob("*/*/meta.json")]
         desc_bytes = folder_bytes(workdir / "results" / "descriptors")
         grad_bytes = sum(f.stat().st_size for f in (workdir / "results" / "descriptors").glob("*/*/grad_values.npy"))

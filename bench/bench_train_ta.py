@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from measure import mae_on_test_split
+from measure import REPO, child_env, mae_on_test_split
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "Ta_JSON"
+DATA = REPO.parent / "shared" / "data" / "Ta_JSON"
 CONFIG = {
     "bispectrum": {"type": ["Ta"]},
     "scraper": {"scraper": "JSON"},
@@ -150,12 +149,11 @@ def main():
     work = Path(args.work)
     folders, seconds = descriptors(work)
     print(f"descriptors ready ({seconds:.1f} s) in {work}")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     for bs in args.batch_size:
         for threads in args.threads:
             cmd = [sys.executable, __file__, "--child", "--epochs", str(args.epochs), "--batch-size", str(bs),
                    "--threads", str(threads), "--work", str(work), "--folders", json.dumps(folders), "--extra", args.extra]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            out = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-3000:])
             r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 import yaml
-from measure import mae_on_test_split, tree_rss
+from measure import REPO, child_env, mae_on_test_split, run_snakemake
 
-REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "WBe_JSON"
 CONFIG = REPO / "configs" / "WBe.yaml"
 FITSNAP = {"descriptors_s": 405.0, "epoch_s": 25.3, "rss_gb": 9.8, "energy_mae": 0.086, "force_mae": 0.112}
@@ -46,32 +45,6 @@ def bench_config(work, **sections):
     return cfg, path
 
 
-def env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-
-
-def snakemake(work, cores, *extra):
-    """(wall s, peak RSS tree, peak RSS one process) of one Snakemake run in ``work``."""
-    import psutil
-
-    cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-        "--configfile", str(work / "config.yaml"), "--cores", str(cores), *extra,
-    ]  # fmt: skip
-    with open(work / "snakemake.out", "a") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env(), stdout=log, stderr=subprocess.STDOUT)
-        handle, peak_sum, peak_one = psutil.Process(proc.pid), 0, 0
-        while proc.poll() is None:
-            total, largest = tree_rss(handle)
-            peak_sum, peak_one = max(peak_sum, total), max(peak_one, largest)
-            time.sleep(0.05)
-        wall = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(f"snakemake failed (exit {proc.returncode}); see {work / 'snakemake.out'}")
-    return wall, peak_sum, peak_one
-
-
 def descriptor_folders(work):
     return sorted(p.parent for p in (work / "results" / "descriptors").glob("*/*/meta.json"))
 
@@ -85,7 +58,7 @@ def cmd_descriptors(args):
 
             shutil.rmtree(wdir)
         bench_config(wdir)
-        wall, peak_sum, peak_one = snakemake(wdir, cores, "--until", "compute_descriptors", "--quiet")
+        wall, peak_sum, peak_one = run_snakemake(wdir, cores, "--until", "compute_descriptors", "--quiet")
         metas = [json.loads((f / "meta.json").read_text()) for f in descriptor_folders(wdir)]
         rows = sum(m["num_grad_rows"] for m in metas)
         K = metas[0]["num_descriptors"]
@@ -146,7 +119,7 @@ def child(args, fraction, batch_size, epochs, mae=False):
         "--fraction", str(fraction), "--batch-size", str(batch_size), "--epochs", str(epochs),
         "--extra", args.extra, *(["--mae"] if mae else []),
     ]  # fmt: skip
-    out = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    out = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
     if out.returncode:
         sys.exit(out.stdout[-2000:] + out.stderr[-3000:])
     for line in out.stdout.splitlines():
@@ -175,7 +148,7 @@ def cmd_pipeline(args):
     """The whole workflow once; stage times from Snakemake's benchmark-free log (job start/end)."""
     work = Path(args.work)
     bench_config(work, **json.loads(args.sections))
-    wall, peak_sum, peak_one = snakemake(work, args.cores[0], "--printshellcmds")
+    wall, peak_sum, peak_one = run_snakemake(work, args.cores[0], "--printshellcmds")
     print(json.dumps({"cores": args.cores[0], "wall_s": round(wall, 1), "peak_rss_tree_mb": round(peak_sum / 2**20),
                       "peak_rss_one_process_mb": round(peak_one / 2**20)}))  # fmt: skip
     print(stage_times(work / "snakemake.out"))

@@ -1,4 +1,18 @@
-"""Measurements the benchmarks share: process-tree memory and test-set errors of a model."""
+"""Measurements the benchmarks share: a Snakemake run's wall time and process-tree memory, and
+test-set errors of a model."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env():
+    """The environment of a child process that imports potflow from this checkout."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 def tree_rss(handle):
@@ -17,6 +31,33 @@ def tree_rss(handle):
             pass
     return sum(sizes), max(sizes, default=0)
 
+
+
+def run_snakemake(workdir, cores, *extra):
+    """(wall s, peak RSS of the process tree, peak RSS of its largest process) of one Snakemake
+    run on ``workdir/config.yaml``, sampled every 0.05 s; its output goes to workdir/snakemake.out."""
+    try:
+        import psutil
+    except ImportError:
+        sys.exit("the benchmarks sample memory with psutil: pip install psutil")
+    workdir = Path(workdir)
+    cmd = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(workdir / "config.yaml"), "--cores", str(cores), *extra,
+    ]  # fmt: skip
+    with open(workdir / "snakemake.out", "a") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=child_env(), stdout=log, stderr=subprocess.STDOUT)
+        handle, peak_sum, peak_one = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:
+            total, largest = tree_rss(handle)
+            peak_sum, peak_one = max(peak_sum, total), max(peak_one, largest)
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+    if proc.returncode:
+        tail = (workdir / "snakemake.out").read_text()[-3000:]
+        sys.exit(f"snakemake failed (exit {proc.returncode}), {workdir / 'snakemake.out'}:\n{tail}")
+    return wall, peak_sum, peak_one
 
 def mae_on_test_split(cfg, folders, model_path):
     """Energy (eV/atom) and force (eV/A) MAE of the model on the test split (float64 predict)."""
