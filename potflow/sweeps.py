@@ -37,7 +37,6 @@ SHARED_FIELDS = (
     "path", "scraper", "test_sets", "resources", "outfile.metrics", "descriptors.min_distance",
     "bispectrum.type", "bispectrum.numTypes", "pytorch.save_state_output",
 )  # fmt: skip
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 DEFAULT_FIT = "default"
 
 
@@ -152,11 +151,7 @@ def expand_fits(cfg, source="config"):
     base = _without_sweep_keys(cfg)
     named = cfg.get("fits") or {}
     points = sweep_points(cfg.get("sweep") or {}, source)
-    for name in named:
-        if not NAME_PATTERN.fullmatch(name):
-            raise PotflowInputError(
-                source, f"config field 'fits.{name}': fit names may hold letters, digits and . _ + - only"
-            )
+    for name in named:  # (the schema has checked the names: letters, digits and . _ + -)
         bad = [k for k in named[name] if k in SWEEP_KEYS]
         if bad:
             raise PotflowInputError(source, f"config field 'fits.{name}.{bad[0]}': not allowed inside a fit")
