@@ -11,7 +11,7 @@ min_version("9.0")
 # example, whose groups it would inherit). Without either, config.yaml is read.
 if config.get("fitsnap_input"):
     sys.path.insert(0, workflow.basedir)
-    from potflow.fitsnap_input import workflow_config
+    from potflow.config.fitsnap import workflow_config
 
     workflow_config(config)
 elif not workflow.overwrite_configfiles:
@@ -21,7 +21,7 @@ elif not workflow.overwrite_configfiles:
 
 # potflow's own check first: a bad config ends with one line naming its file and field.
 sys.path.insert(0, workflow.current_basedir.get_path_or_uri(secret_free=True))
-from potflow.config import check_workflow_config
+from potflow.config.load import check_workflow_config
 
 check_workflow_config(config, workflow.configfiles)
 validate(config, "schemas/config.schema.yaml")

@@ -52,8 +52,8 @@ def fitsnap_order(folder, out):
 
     import numpy as np
 
-    from potflow.dataset import concat_ranges
-    from potflow.descriptors import ARRAYS, META
+    from potflow.descriptors.folders import ARRAYS, META
+    from potflow.training.datasets import concat_ranges
 
     a = {name: np.load(Path(folder) / f"{name}.npy") for name in ARRAYS}
     group = Path(folder).name
@@ -81,9 +81,11 @@ def fitsnap_order(folder, out):
 
 
 def descriptors(work):
-    from potflow.config import descriptor_key, fit_groups, prepare_config
-    from potflow.descriptors import compute_group_descriptors
-    from potflow.structures import import_group
+    from potflow.config.groups import fit_groups
+    from potflow.config.load import prepare_config
+    from potflow.data.structures import import_group
+    from potflow.descriptors.compute import compute_group_descriptors
+    from potflow.descriptors.settings import descriptor_key
 
     cfg = prepare_config({**CONFIG, "path": {"dataPath": str(DATA)}})
     key = descriptor_key(cfg)
@@ -105,8 +107,8 @@ def run_one(args):
     import numpy as np
     import torch  # noqa: F401  (imported before the baseline RSS is taken)
 
-    from potflow.config import prepare_config
-    from potflow.train import TrainPaths, train
+    from potflow.config.load import prepare_config
+    from potflow.training.loop import TrainPaths, train
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     folders = json.loads(args.folders)

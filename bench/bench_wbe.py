@@ -84,8 +84,8 @@ def run_child(args):
     """One training run in this (fresh) process; prints a JSON line."""
     import numpy as np
 
-    from potflow.config import prepare_config
-    from potflow.train import TrainPaths, train
+    from potflow.config.load import prepare_config
+    from potflow.training.loop import TrainPaths, train
 
     work = Path(args.work)
     cfg, _ = bench_config(work / "config")

@@ -64,8 +64,9 @@ def mae_on_test_split(cfg, folders, model_path):
     import numpy as np
     import torch
 
-    from potflow.dataset import FitData, concat_ranges
-    from potflow.model import load_model, predict
+    from potflow.models.files import load_model
+    from potflow.models.network import predict
+    from potflow.training.datasets import FitData, concat_ranges
 
     model, _ = load_model(model_path)
     model.double().eval()

@@ -1,6 +1,8 @@
 """One exception type for everything a user can get wrong; its message is one line."""
 
 
+
+
 class PotflowInputError(ValueError):
     """Bad input: a file, a config value or a data field. ``str()`` is the one-line message."""
 

@@ -109,7 +109,7 @@ def write_tsv(path, table, float_format=None):
 
 def write_torch(path, obj):
     """``torch.save`` of plain tensors and values, atomically."""
-    import torch
+    import torch  # here, not at the top: Snakemake imports fileio to parse the workflow
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)  # through a Python file, so that a failed write (disk full) raises its OSError

@@ -19,7 +19,7 @@ use rule train as train_member with:
         f"{RESULTS}/logs/fits/{{fit}}/committee/member{{member}}/train_benchmark.tsv"
     params:
         # the fit's training settings with the member's seed (the only difference)
-        settings=lambda w: pfconfig.canonical_json(
+        settings=lambda w: canonical_json(
             {
                 k: pfsweeps.member_config(FITS[w.fit], int(w.member))[k]
                 for k in TRAINING_SECTIONS

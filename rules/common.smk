@@ -17,28 +17,30 @@ if _pythonpath[0] != POTFLOW_ROOT:
         PYTHONPATH=os.pathsep.join(filter(None, [POTFLOW_ROOT, *_pythonpath]))
     )
 
-from potflow import config as pfconfig
-from potflow import sweeps as pfsweeps
-from potflow.resources import descriptor_job_resources
+from potflow.config import groups as pfgroups
+from potflow.config import load as pfconfig
+from potflow.config import sweeps as pfsweeps
+from potflow.descriptors.job_resources import descriptor_job_resources
+from potflow.descriptors.settings import descriptor_key, descriptor_settings
+from potflow.hashing import canonical_json
 
 POTFLOW = pfconfig.prepare_config(config, source="config")
 RESULTS = "results"
-DATA_DIR, SCRAPER = pfconfig.data_source(POTFLOW)
-GROUPS = pfconfig.fit_groups(POTFLOW)
-DESCRIPTOR_KEY = pfconfig.descriptor_key(POTFLOW)
+DATA_DIR, SCRAPER = pfgroups.data_source(POTFLOW)
+GROUPS = pfgroups.fit_groups(POTFLOW)
+DESCRIPTOR_KEY = descriptor_key(POTFLOW)
 # fit name -> that fit's checked config: one fit, "default", unless the config has a
 # `fits:` map or a `sweep:` grid (potflow/sweeps.py)
 FITS = pfsweeps.expand_fits(POTFLOW, source="config")
 # Fits with equal descriptor settings share one descriptor computation per group.
 DESCRIPTOR_SETTINGS = {
-    pfconfig.descriptor_key(cfg): pfconfig.descriptor_settings(cfg)
-    for cfg in FITS.values()
+    descriptor_key(cfg): descriptor_settings(cfg) for cfg in FITS.values()
 }
 
 
 def group_input_files(wildcards):
     """The raw files of one group, so editing one file reruns only that group."""
-    source = pfconfig.group_source(DATA_DIR, SCRAPER, wildcards.group)
+    source = pfgroups.group_source(DATA_DIR, SCRAPER, wildcards.group)
     if SCRAPER == "JSON":
         return sorted(str(p) for p in source.glob("*.json"))
     return [str(source)]
@@ -69,7 +71,7 @@ def fit_dir(fit):
 def fit_descriptor_dirs(wildcards):
     """Descriptor folders of every training group, for the settings of this fit."""
     cfg = FITS[wildcards.fit]
-    return [descriptor_dir(g, pfconfig.descriptor_key(cfg)) for g in GROUPS]
+    return [descriptor_dir(g, descriptor_key(cfg)) for g in GROUPS]
 
 
 def exported(fit, suffix):
@@ -110,7 +112,7 @@ def committee_member_splits(wildcards):
 
 
 def all_targets():
-    keys = dict.fromkeys(pfconfig.descriptor_key(c) for c in FITS.values())
+    keys = dict.fromkeys(descriptor_key(c) for c in FITS.values())
     targets = [descriptor_dir(g, key) for key in keys for g in GROUPS]
     targets += [f"{fit_dir(fit)}/model.pt" for fit in FITS]
     targets += all_evaluation_targets()

@@ -13,7 +13,7 @@ rule import_group:
         mem_mb=lambda w, input: 1000 + 10 * int(input.size_mb),
         runtime=15,
     params:
-        source=lambda w: str(pfconfig.group_source(DATA_DIR, SCRAPER, w.group)),
+        source=lambda w: str(pfgroups.group_source(DATA_DIR, SCRAPER, w.group)),
         scraper=SCRAPER,
         elements=pfconfig.elements(POTFLOW),
         min_distance=POTFLOW["descriptors"]["min_distance"],

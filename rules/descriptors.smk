@@ -13,6 +13,6 @@ rule compute_descriptors:
         mem_mb=descriptor_mem_mb,
         runtime=descriptor_runtime,
     params:
-        settings=lambda w: pfconfig.canonical_json(DESCRIPTOR_SETTINGS[w.dkey]),
+        settings=lambda w: canonical_json(DESCRIPTOR_SETTINGS[w.dkey]),
     script:
         "../workflow_scripts/compute_descriptors.py"

@@ -19,7 +19,7 @@ rule import_test_group:
         "../envs/potflow.yaml"
     threads: 1
     params:
-        source=lambda w: str(pfconfig.group_source(*TEST_SETS[w.test_set], w.group)),
+        source=lambda w: str(pfgroups.group_source(*TEST_SETS[w.test_set], w.group)),
         scraper=lambda w: TEST_SETS[w.test_set][1],
         elements=pfconfig.elements(POTFLOW),
         min_distance=POTFLOW["descriptors"]["min_distance"],
@@ -41,7 +41,7 @@ rule test_set_descriptors:
     resources:
         mem_mb=lambda w, input: 1000 + 40 * max(1, int(input.size_mb)),
     params:
-        settings=lambda w: pfconfig.canonical_json(DESCRIPTOR_SETTINGS[w.dkey]),
+        settings=lambda w: canonical_json(DESCRIPTOR_SETTINGS[w.dkey]),
     script:
         "../workflow_scripts/compute_descriptors.py"
 

@@ -4,7 +4,7 @@
 import re
 
 from potflow.errors import PotflowInputError
-from potflow.plots import FIGURES
+from potflow.evaluation.plots import FIGURES
 
 # One metrics file name for every fit (FitSNAP's outfile.metrics).
 METRICS = POTFLOW["outfile"]["metrics"]
@@ -22,7 +22,7 @@ for _name, (_dir, _) in TEST_SETS.items():
             "config",
             f"field 'test_sets.{_name}.dataPath' is the training data (path.dataPath)",
         )
-TEST_GROUPS = {name: pfconfig.discover_groups(*src) for name, src in TEST_SETS.items()}
+TEST_GROUPS = {name: pfgroups.discover_groups(*src) for name, src in TEST_SETS.items()}
 _EVALDIR = re.compile(rf"{re.escape(RESULTS)}/fits/([^/]+)(?:/test_sets/([^/]+))?")
 
 
@@ -40,14 +40,14 @@ def test_set_descriptor_dir(test_set, group, key):
 
 def test_set_input_files(wildcards):
     data_dir, scraper = TEST_SETS[wildcards.test_set]
-    source = pfconfig.group_source(data_dir, scraper, wildcards.group)
+    source = pfgroups.group_source(data_dir, scraper, wildcards.group)
     if scraper == "JSON":
         return sorted(str(p) for p in source.glob("*.json"))
     return [str(source)]
 
 
 def test_set_descriptor_dirs(wildcards):
-    key = pfconfig.descriptor_key(FITS[wildcards.fit])
+    key = descriptor_key(FITS[wildcards.fit])
     return [
         test_set_descriptor_dir(wildcards.test_set, g, key)
         for g in TEST_GROUPS[wildcards.test_set]
@@ -57,7 +57,7 @@ def test_set_descriptor_dirs(wildcards):
 def evaluation_sources(wildcards):
     """Descriptor folders and imported structures behind an evaluation folder."""
     fit, test_set = _EVALDIR.fullmatch(wildcards.evaldir).groups()
-    key = pfconfig.descriptor_key(FITS[fit])
+    key = descriptor_key(FITS[fit])
     if test_set is None:
         return {
             "descriptors": [descriptor_dir(g, key) for g in GROUPS],

@@ -37,7 +37,7 @@ rule train:
         mem_mb=lambda w: max(1, POTFLOW["resources"]["train_gpus"])
         * (1500 + (FITS[w.fit]["pytorch"]["memory_budget_mb"] or 8000)),
     params:
-        settings=lambda w: pfconfig.canonical_json(
+        settings=lambda w: canonical_json(
             {k: FITS[w.fit][k] for k in TRAINING_SECTIONS}
         ),
         resume=lambda w: f"{fit_dir(w.fit)}/resume.pt",

@@ -31,13 +31,17 @@ import torch
 import yaml
 from tiny_ta import ZBL
 
-from potflow.config import descriptor_key, descriptor_settings, prepare_config
-from potflow.descriptors import ARRAYS, compute_group_descriptors, read_meta
+from potflow.config.load import prepare_config
+from potflow.data.structures import import_group
+from potflow.descriptors.compute import compute_group_descriptors
+from potflow.descriptors.folders import ARRAYS, read_meta
+from potflow.descriptors.settings import descriptor_key, descriptor_settings
 from potflow.errors import PotflowWriteError
-from potflow.model import AtomicEnergyModel, save_model
-from potflow.rulescript import run_rule
-from potflow.structures import import_group
-from potflow.train import TrainPaths, read_checkpoint, train
+from potflow.models.files import save_model
+from potflow.models.network import AtomicEnergyModel
+from potflow.training.checkpoints import read_checkpoint
+from potflow.training.loop import TrainPaths, train
+from potflow.workflow.rulescript import run_rule
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "results/fits/default/model.pt"
@@ -622,7 +626,7 @@ def test_killed_descriptor_job_leaves_no_folder_that_looks_complete(tmp_path, sh
 
 
 # the one pickle potflow writes (extras.dump_configs); potflow itself never reads it back
-PICKLE_WRITERS = {("potflow/evaluate.py", "write_configs")}
+PICKLE_WRITERS = {("potflow/evaluation/error_files.py", "write_configs")}
 
 
 def unpickling_calls(source, filename):
@@ -685,7 +689,7 @@ def test_nothing_is_unpickled_from_user_files(repo_root):
         for line, what, func in unpickling_calls(path.read_text(), rel):
             if (rel, func) in PICKLE_WRITERS and what == "pickle.dump":
                 writer_lines.append(line)
-            elif not (rel == "potflow/evaluate.py" and what == "import of a pickle module"):
+            elif not (rel == "potflow/evaluation/error_files.py" and what == "import of a pickle module"):
                 offenders.append(f"{rel}:{line} ({func}): {what}")
     assert not offenders, offenders
     assert writer_lines, "the configs.pickle writer moved: update PICKLE_WRITERS"

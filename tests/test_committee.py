@@ -11,15 +11,33 @@ import yaml
 from ase.build import bulk
 from workflow_runs import job_counts, run_workflow
 
-from potflow import committee as pc
-from potflow import evaluate as pfe
-from potflow.config import descriptor_key, prepare_config
-from potflow.descriptors import compute_group_descriptors, open_group
+from potflow.config.load import prepare_config
+from potflow.config.sweeps import member_seed
+from potflow.data.splits import SPLIT_COLUMNS
+from potflow.data.structures import import_group
+from potflow.descriptors.compute import compute_group_descriptors
+from potflow.descriptors.folders import open_group
+from potflow.descriptors.settings import descriptor_key
 from potflow.errors import PotflowInputError
-from potflow.export import torch_single_point
-from potflow.model import AtomicEnergyModel, load_model, save_model
-from potflow.structures import import_group
-from potflow.sweeps import member_seed
+from potflow.evaluation import committee as pc
+from potflow.evaluation.error_files import (
+    PERATOM_COLUMNS,
+    PERCONFIG_COLUMNS,
+    peratom_frame,
+    perconfig_frame,
+    read_table,
+    write_frame,
+)
+from potflow.evaluation.predictions import (
+    committee_statistics,
+    evaluate_fit,
+    evaluate_test_set,
+    load_evaluation,
+    save_evaluation,
+)
+from potflow.lammps.self_check import torch_single_point
+from potflow.models.files import load_model, save_model
+from potflow.models.network import AtomicEnergyModel
 
 ZBL = {"pair_style": "hybrid/overlay zero 10.0 zbl 4.0 4.8", "pair_coeff": ["* * zero", "* * zbl 73 73"]}
 GROUPS = {"Volume_BCC": 4, "Displaced_FCC": 3}  # configurations taken from the bundled example
@@ -28,7 +46,7 @@ SETS = ["train", "test", "val"]
 
 def test_committee_statistics_by_hand():
     a, b, c = np.array([1.0, -2.0, 0.5]), np.array([3.0, -2.0, 0.0]), np.array([2.0, -2.0, 1.0])
-    mean, std = pfe.committee_statistics([a, b, c])
+    mean, std = committee_statistics([a, b, c])
     np.testing.assert_allclose(mean, [2.0, -2.0, 0.5])
     # (1/N) sum (x - mean)^2: [(1 + 1 + 0) / 3, 0, (0 + 0.25 + 0.25) / 3]
     np.testing.assert_allclose(std, np.sqrt([2 / 3, 0.0, 0.5 / 3]))
@@ -72,7 +90,7 @@ def fit(tmp_path_factory, repo_root):
         path = root / f"member{k}" / "model.pt"
         path.parent.mkdir()
         save_model(path, model, epoch=1, selection="best")
-        pd.DataFrame(rows, columns=pfe.SPLIT_COLUMNS).to_csv(path.parent / "split.tsv", sep="\t", index=False)
+        pd.DataFrame(rows, columns=SPLIT_COLUMNS).to_csv(path.parent / "split.tsv", sep="\t", index=False)
         models.append(path)
         splits.append(path.parent / "split.tsv")
     return {"root": root, "cfg": cfg, "folders": folders, "models": models, "splits": splits}
@@ -80,8 +98,8 @@ def fit(tmp_path_factory, repo_root):
 
 def test_evaluation_committee_mean_and_std(fit):
     cfg, folders, models, splits = fit["cfg"], fit["folders"], fit["models"], fit["splits"]
-    ev = pfe.evaluate_fit(cfg, models[0], splits[0], folders, members=models[1:], member_splits=splits[1:])
-    alone = [pfe.evaluate_fit(cfg, m, splits[0], folders) for m in models]
+    ev = evaluate_fit(cfg, models[0], splits[0], folders, members=models[1:], member_splits=splits[1:])
+    alone = [evaluate_fit(cfg, m, splits[0], folders) for m in models]
     assert int(ev["committee_size"]) == 3
     np.testing.assert_array_equal(ev["energy_pred"], alone[0]["energy_pred"])  # *_Pred is member 0
     E = np.stack([a["energy_pred"] for a in alone])
@@ -98,23 +116,23 @@ def test_evaluation_committee_mean_and_std(fit):
     # the files: FitSNAP's columns first and unchanged, then the committee's
     out = fit["root"] / "written"
     out.mkdir(exist_ok=True)
-    pfe.save_evaluation(out / "evaluation.npz", ev)
-    ev = pfe.load_evaluation(out / "evaluation.npz")
-    pfe.write_frame(out / "perconfig.dat", pfe.perconfig_frame(ev))
-    pfe.write_frame(out / "peratom.dat", pfe.peratom_frame(ev))
-    perconfig, peratom = pfe.read_table(out / "perconfig.dat"), pfe.read_table(out / "peratom.dat")
-    assert list(perconfig.columns) == pfe.PERCONFIG_COLUMNS + ["Energy_Committee_Mean", "Energy_Committee_Std"]
-    assert list(peratom.columns) == pfe.PERATOM_COLUMNS + [
+    save_evaluation(out / "evaluation.npz", ev)
+    ev = load_evaluation(out / "evaluation.npz")
+    write_frame(out / "perconfig.dat", perconfig_frame(ev))
+    write_frame(out / "peratom.dat", peratom_frame(ev))
+    perconfig, peratom = read_table(out / "perconfig.dat"), read_table(out / "peratom.dat")
+    assert list(perconfig.columns) == PERCONFIG_COLUMNS + ["Energy_Committee_Mean", "Energy_Committee_Std"]
+    assert list(peratom.columns) == PERATOM_COLUMNS + [
         "Fx_Committee_Mean", "Fy_Committee_Mean", "Fz_Committee_Mean",
         "Fx_Committee_Std", "Fy_Committee_Std", "Fz_Committee_Std",
     ]  # fmt: skip
-    plain = pfe.perconfig_frame(alone[0])
-    pd.testing.assert_frame_equal(perconfig[pfe.PERCONFIG_COLUMNS], plain, check_exact=False, rtol=1e-12)
+    plain = perconfig_frame(alone[0])
+    pd.testing.assert_frame_equal(perconfig[PERCONFIG_COLUMNS], plain, check_exact=False, rtol=1e-12)
     np.testing.assert_allclose(perconfig["Energy_Pred"], alone[0]["energy_pred"] / ev["natoms"], rtol=1e-12)
     np.testing.assert_allclose(perconfig["Energy_Committee_Mean"], mean_e / ev["natoms"], rtol=1e-12)
     np.testing.assert_allclose(perconfig["Energy_Committee_Std"], std_e / ev["natoms"], rtol=1e-10)
     np.testing.assert_allclose(peratom[["Fx_Committee_Mean", "Fy_Committee_Mean", "Fz_Committee_Mean"]], mean_f, rtol=1e-12, atol=1e-14)
-    assert list(pfe.perconfig_frame(alone[0]).columns) == pfe.PERCONFIG_COLUMNS  # no committee: FitSNAP's file
+    assert list(perconfig_frame(alone[0]).columns) == PERCONFIG_COLUMNS  # no committee: FitSNAP's file
 
     fig = pc.uncertainty_figure(ev, "test")
     assert [ax.get_xlabel() for ax in fig.axes] == ["committee deviation (eV/atom)", "committee deviation (eV/Å)"]
@@ -128,11 +146,11 @@ def test_member_with_another_split_is_refused(fit, tmp_path):
     other = tmp_path / "split.tsv"
     split.to_csv(other, sep="\t", index=False)
     with pytest.raises(PotflowInputError, match="another split"):
-        pfe.evaluate_fit(fit["cfg"], fit["models"][0], fit["splits"][0], fit["folders"], fit["models"][1:2], [other])
+        evaluate_fit(fit["cfg"], fit["models"][0], fit["splits"][0], fit["folders"], fit["models"][1:2], [other])
 
 
 def test_test_set_evaluation_has_the_committee(fit):
-    ev = pfe.evaluate_test_set(fit["cfg"], fit["models"][0], fit["folders"], members=fit["models"][1:])
+    ev = evaluate_test_set(fit["cfg"], fit["models"][0], fit["folders"], members=fit["models"][1:])
     assert int(ev["committee_size"]) == 3 and (ev["set"] == "test").all()
     assert ev["energy_committee_std"].shape == ev["energy_pred"].shape
 
@@ -242,8 +260,8 @@ def test_sweep_with_committees_end_to_end(tmp_path, repo_root):
     key = fits["descriptor_key"].iloc[0]
     folders = {g: results / "descriptors" / key / g for g in WORKFLOW_GROUPS}
     f_cfg = yaml.safe_load((results / "fits.yaml").read_text())["layer_sizes-8"]
-    E = np.stack([pfe.evaluate_fit(f_cfg, m, fit / "split.tsv", folders)["energy_pred"] for m in (fit / "model.pt", member / "model.pt")])
-    perconfig = pfe.read_table(fit / "perconfig.dat")
+    E = np.stack([evaluate_fit(f_cfg, m, fit / "split.tsv", folders)["energy_pred"] for m in (fit / "model.pt", member / "model.pt")])
+    perconfig = read_table(fit / "perconfig.dat")
     natoms = perconfig["Natoms"].to_numpy()
     assert np.abs(E[0] - E[1]).max() > 0  # separate trainings gave different models
     np.testing.assert_allclose(perconfig["Energy_Committee_Mean"], E.mean(axis=0) / natoms, rtol=1e-9)

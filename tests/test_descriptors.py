@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from potflow.config import prepare_config
-from potflow.descriptors import SnapCalculator, compute_group_descriptors, lammps_frame, open_group
-from potflow.lammps_env import open_lammps
-from potflow.structures import import_group, iter_configs, load_group
+from potflow.config.load import prepare_config
+from potflow.data.structures import import_group, iter_configs, load_group
+from potflow.descriptors.compute import SnapCalculator, compute_group_descriptors
+from potflow.descriptors.folders import open_group
+from potflow.lammps.session import lammps_frame, open_lammps
 
 ZBL = "hybrid/overlay zero 10.0 zbl 4.0 4.8"
 # FitSNAP's settings for these two sets (../shared/data/README.md).
@@ -310,7 +311,7 @@ def test_two_element_groups_through_the_workflow(tmp_path, shared_data, repo_roo
 
 def test_dense_cell_with_long_reference_cutoff(shared_data):
     """The densest W-Be cell (0.79 atoms/A^3) within the 10 A `zero` cutoff: ~3,300 neighbours."""
-    from potflow.structures import parse_fitsnap_json
+    from potflow.data.structures import parse_fitsnap_json
 
     rec = parse_fitsnap_json(shared_data / "WBe_JSON" / "EOS_FCC" / "EOS_FCC_151.json")
     types = np.array([["W", "Be"].index(s) for s in rec["symbols"]], np.int32)

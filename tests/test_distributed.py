@@ -15,10 +15,11 @@ import torch.multiprocessing as mp
 import yaml
 from test_training import base_config, make_groups, paths, synthetic_xyz, with_pytorch
 
-from potflow import distributed
-from potflow.dataset import batch_sizes
-from potflow.model import load_model
-from potflow.train import read_checkpoint, train
+from potflow.models.files import load_model
+from potflow.training.checkpoints import read_checkpoint
+from potflow.training.collectives import Ranks, barrier, finish, init_from_env, shard_batches
+from potflow.training.datasets import batch_sizes
+from potflow.training.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUTS = ["ckpt.pt", "loss_vs_epochs.dat", "model.pt", "split.tsv"]
@@ -55,13 +56,13 @@ def _rank_main(rank, world, port, fits, out):
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )  # fmt: skip
-    me = distributed.init_from_env("cpu")
+    me = init_from_env("cpu")
     assert (me.rank, me.world) == (rank, world)
     if rank:
         import potflow.fileio
-        import potflow.train
+        import potflow.training.loop
 
-        potflow.fileio.atomic_path = potflow.train.atomic_path = _no_writes
+        potflow.fileio.atomic_path = potflow.training.loop.atomic_path = _no_writes
     for name, cfg, folders in fits:
         res = train(cfg, folders, paths(Path(out) / name), progress=False)
         weights = {k: v.tolist() for k, v in res["last_state"].items()}
@@ -71,9 +72,9 @@ def _rank_main(rank, world, port, fits, out):
     name, cfg, folders = fits[0]
     if rank == 0:
         shutil.copy(Path(out) / name / "ckpt.pt", Path(out) / "start.pt")
-    distributed.barrier()
+    barrier()
     train(with_pytorch(cfg, num_epochs=5, save_state_input=str(Path(out) / "start.pt")), folders, paths(Path(out) / "restart"), progress=False)
-    distributed.finish()
+    finish()
 
 
 def test_two_processes_give_the_fit_of_one(fits, tmp_path):
@@ -117,9 +118,9 @@ def test_shards_cover_each_global_batch():
     sizes = batch_sizes(11, 4)
     seen = []
     for rank in range(3):
-        mine, counts = distributed.shard_batches(order, sizes, distributed.Ranks(rank, 3))
+        mine, counts = shard_batches(order, sizes, Ranks(rank, 3))
         assert counts.sum() == len(mine) and len(counts) == len(sizes)
-        share = distributed.Ranks(rank, 3).share(11)
+        share = Ranks(rank, 3).share(11)
         # back to positions in the whole set, batch by batch
         batches = np.split(share[mine], np.cumsum(counts)[:-1])
         seen.append(batches)
@@ -176,11 +177,11 @@ def test_training_rule_runs_two_processes_under_torchrun(tmp_path, monkeypatch):
 def test_command_and_device_refusals(tmp_path):
     from potflow.cli import main
     from potflow.errors import PotflowInputError
-    from potflow.train import resolve_device
+    from potflow.training.setup import resolve_device
 
     (tmp_path / "job.json").write_text("{}")
     assert main(["train", "--job", str(tmp_path / "job.json")]) == 1
     if not torch.cuda.is_available():
         with pytest.raises(PotflowInputError, match="CUDA is not available"):
-            resolve_device("cuda", distributed.Ranks(0, 2))
-    assert resolve_device("auto", distributed.Ranks(1, 2)).type == ("cuda" if torch.cuda.is_available() else "cpu")
+            resolve_device("cuda", Ranks(0, 2))
+    assert resolve_device("auto", Ranks(1, 2)).type == ("cuda" if torch.cuda.is_available() else "cpu")

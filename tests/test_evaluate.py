@@ -13,12 +13,33 @@ import pytest
 import torch
 import yaml
 
-from potflow import evaluate as pfe
-from potflow.config import descriptor_key, prepare_config
-from potflow.descriptors import compute_group_descriptors, open_group
+from potflow.config.load import prepare_config
+from potflow.data.splits import SPLIT_COLUMNS
+from potflow.data.structures import import_group
+from potflow.descriptors.compute import compute_group_descriptors
+from potflow.descriptors.folders import open_group
+from potflow.descriptors.settings import descriptor_key
 from potflow.errors import PotflowInputError
-from potflow.model import AtomicEnergyModel, predict, save_model
-from potflow.structures import import_group
+from potflow.evaluation.error_files import (
+    config_records,
+    metrics_table,
+    peratom_frame,
+    perconfig_frame,
+    read_metrics,
+    read_table,
+    write_configs,
+    write_frame,
+    write_metrics,
+)
+from potflow.evaluation.predictions import (
+    evaluate_fit,
+    load_evaluation,
+    load_selected_model,
+    predict_group,
+    save_evaluation,
+)
+from potflow.models.files import save_model
+from potflow.models.network import AtomicEnergyModel, predict
 
 # A few small configurations of the Ta set: 2, 4 and 24 atoms per configuration.
 TRAIN_GROUPS = {"Volume_BCC": 5, "Volume_FCC": 5, "GSF_110": 4}
@@ -59,7 +80,7 @@ def make_fit(fit_dir, folders, seed=0, hidden=(8, 8)):
     model.set_standardisation(np.concatenate(B), np.concatenate(T))
     fit_dir.mkdir(parents=True, exist_ok=True)
     save_model(fit_dir / "model.pt", model, epoch=7, selection="best", val_loss=0.25)
-    pd.DataFrame(rows, columns=pfe.SPLIT_COLUMNS).to_csv(fit_dir / "split.tsv", sep="\t", index=False)
+    pd.DataFrame(rows, columns=SPLIT_COLUMNS).to_csv(fit_dir / "split.tsv", sep="\t", index=False)
     (fit_dir / "loss_vs_epochs.dat").write_text("".join(f"{e} {5.0 / (e + 1)} {6.0 / (e + 1)}\n" for e in range(1, 11)))
     # the rest of what the training rule writes (so Snakemake sees a finished fit)
     (fit_dir / "FitTorch_Pytorch.pt").write_bytes((fit_dir / "model.pt").read_bytes())
@@ -97,12 +118,12 @@ def workdir(tmp_path_factory, shared_data):
 def written(workdir, tmp_path_factory):
     """The fit evaluated and every file written, outside the Snakemake tree."""
     out = tmp_path_factory.mktemp("written")
-    ev = pfe.evaluate_fit(workdir["cfg"], workdir["fit"] / "model.pt", workdir["fit"] / "split.tsv", workdir["folders"])
-    pfe.save_evaluation(out / "evaluation.npz", ev)
-    ev = pfe.load_evaluation(out / "evaluation.npz")
-    pfe.write_metrics(out / "Ta_metrics.dat", pfe.metrics_table(ev))
-    pfe.write_frame(out / "perconfig.dat", pfe.perconfig_frame(ev))
-    pfe.write_frame(out / "peratom.dat", pfe.peratom_frame(ev))
+    ev = evaluate_fit(workdir["cfg"], workdir["fit"] / "model.pt", workdir["fit"] / "split.tsv", workdir["folders"])
+    save_evaluation(out / "evaluation.npz", ev)
+    ev = load_evaluation(out / "evaluation.npz")
+    write_metrics(out / "Ta_metrics.dat", metrics_table(ev))
+    write_frame(out / "perconfig.dat", perconfig_frame(ev))
+    write_frame(out / "peratom.dat", peratom_frame(ev))
     return {"dir": out, "ev": ev}
 
 
@@ -117,9 +138,9 @@ def test_batched_predictions_equal_one_config_at_a_time(workdir):
     """Renumbering gradient rows into batch atoms changes nothing (tiny batches vs one each)."""
     model = workdir["model"].double()
     arrays, _ = open_group(workdir["folders"]["GSF_110"])
-    energy, forces, _ = pfe.predict_group(model, arrays, max_rows=1, max_atoms=1)  # one config per batch
-    e_big, f_big, _ = pfe.predict_group(model, arrays, max_rows=10**9, max_atoms=10**9)  # one batch
-    e_mid, f_mid, _ = pfe.predict_group(model, arrays, max_rows=5000, max_atoms=60)  # a few per batch
+    energy, forces, _ = predict_group(model, arrays, max_rows=1, max_atoms=1)  # one config per batch
+    e_big, f_big, _ = predict_group(model, arrays, max_rows=10**9, max_atoms=10**9)  # one batch
+    e_mid, f_mid, _ = predict_group(model, arrays, max_rows=5000, max_atoms=60)  # a few per batch
     assert np.abs(forces).max() > 1e-3  # the check below is not about zeros
     for e, f in ((e_big, f_big), (e_mid, f_mid)):
         np.testing.assert_allclose(e, energy, rtol=1e-12, atol=1e-12)
@@ -142,7 +163,7 @@ def test_predictions_are_float64_with_the_stored_model(workdir, written):
     model32 = workdir["model"].float()
     path = workdir["root"] / "scratch" / "model32.pt"
     save_model(path, model32)
-    model, _ = pfe.load_selected_model(path)
+    model, _ = load_selected_model(path)
     assert next(model.parameters()).dtype == torch.float64
     arrays, _ = open_group(workdir["folders"]["Volume_FCC"])
     B = torch.as_tensor(np.array(arrays["descriptors"]), dtype=torch.float64)
@@ -233,11 +254,11 @@ def test_metrics_equal_a_hand_computation_from_the_dat_files(written):
 def test_validation_configs_are_reported_as_train(workdir, written):
     split = pd.read_csv(workdir["fit"] / "split.tsv", sep="\t")
     assert (split["set"] == "val").sum() > 0
-    table = pfe.metrics_table(written["ev"])
+    table = metrics_table(written["ev"])
     row = table[(table["Group"] == "*ALL") & (table["Property"] == "Energy")].set_index("Train/Test")
     assert row.loc["Train", "Count"] == split["set"].isin(["train", "val"]).sum()
     assert row.loc["Test", "Count"] == (split["set"] == "test").sum()
-    pc = pfe.read_table(written["dir"] / "perconfig.dat")
+    pc = read_table(written["dir"] / "perconfig.dat")
     merged = pc.merge(split, left_on=["Group", "Filename"], right_on=["group", "file"])
     assert len(merged) == len(split)
     assert (merged["Testing_Bool"] == (merged["set"] == "test")).all()
@@ -246,7 +267,7 @@ def test_validation_configs_are_reported_as_train(workdir, written):
 def test_truth_is_the_fitted_quantity_with_eshift(workdir, written):
     """Energy_Truth = (E_DFT + eshift - E_ref) / N; Force truth = F_DFT - F_ref (FitSNAP's convention)."""
     cfg = dict(workdir["cfg"], eshift={"Ta": -2.5})
-    shifted = pfe.evaluate_fit(cfg, workdir["fit"] / "model.pt", workdir["fit"] / "split.tsv", workdir["folders"])
+    shifted = evaluate_fit(cfg, workdir["fit"] / "model.pt", workdir["fit"] / "split.tsv", workdir["folders"])
     ev = written["ev"]
     np.testing.assert_allclose(shifted["energy_truth"], ev["energy_truth"] - 2.5 * ev["natoms"], rtol=1e-12)
     np.testing.assert_array_equal(shifted["energy_pred"], ev["energy_pred"])
@@ -267,12 +288,12 @@ def test_truth_is_the_fitted_quantity_with_eshift(workdir, written):
 
 def test_configs_pickle_records(workdir, written, tmp_path):
     structures = {g: workdir["root"] / "results" / "data" / f"{g}.npz" for g in TRAIN_GROUPS}
-    records = pfe.config_records(written["ev"], workdir["folders"], structures)
-    pfe.write_configs(tmp_path / "configs.pickle", records)
+    records = config_records(written["ev"], workdir["folders"], structures)
+    write_configs(tmp_path / "configs.pickle", records)
     with open(tmp_path / "configs.pickle", "rb") as fh:
         back = pickle.load(fh)
     assert len(back) == sum(TRAIN_GROUPS.values())
-    pc = pfe.read_table(written["dir"] / "perconfig.dat")
+    pc = read_table(written["dir"] / "perconfig.dat")
     for rec, (_, row) in zip(back, pc.iterrows(), strict=True):
         n = rec["natoms"]
         assert rec["filename"] == row["Filename"] and rec["group"] == row["Group"]
@@ -302,7 +323,7 @@ def test_bad_split_files_are_refused(workdir, tmp_path):
         path = tmp_path / f"{name}.tsv"
         frame.to_csv(path, sep="\t", index=False)
         with pytest.raises(PotflowInputError, match=message) as err:
-            pfe.evaluate_fit(workdir["cfg"], fit / "model.pt", path, workdir["folders"])
+            evaluate_fit(workdir["cfg"], fit / "model.pt", path, workdir["folders"])
         assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -310,15 +331,15 @@ def test_model_for_other_descriptors_is_refused(workdir, tmp_path):
     path = tmp_path / "other.pt"
     save_model(path, AtomicEnergyModel(3, [4], ["Ta"]))
     with pytest.raises(PotflowInputError, match="descriptors"):
-        pfe.evaluate_fit(workdir["cfg"], path, workdir["fit"] / "split.tsv", workdir["folders"])
+        evaluate_fit(workdir["cfg"], path, workdir["fit"] / "split.tsv", workdir["folders"])
 
 
 def test_no_test_configurations_gives_nan_rows_not_a_crash(workdir, tmp_path):
     split = pd.read_csv(workdir["fit"] / "split.tsv", sep="\t").assign(set="train")
     split.to_csv(tmp_path / "split.tsv", sep="\t", index=False)
-    ev = pfe.evaluate_fit(workdir["cfg"], workdir["fit"] / "model.pt", tmp_path / "split.tsv", workdir["folders"])
-    pfe.write_metrics(tmp_path / "m.dat", pfe.metrics_table(ev))
-    table = pfe.read_metrics(tmp_path / "m.dat")
+    ev = evaluate_fit(workdir["cfg"], workdir["fit"] / "model.pt", tmp_path / "split.tsv", workdir["folders"])
+    write_metrics(tmp_path / "m.dat", metrics_table(ev))
+    table = read_metrics(tmp_path / "m.dat")
     test = table[table["Train/Test"] == "Test"]
     assert (test["Count"] == 0).all() and test["MAE"].isna().all()
     assert (table[table["Train/Test"] == "Train"]["Count"] > 0).all()
@@ -341,11 +362,11 @@ def test_test_set_is_all_test_and_never_trains(workdir, tmp_path):
         torch.optim.Optimizer.step = refuse
         torch.Tensor.backward = refuse
         torch.autograd.backward = refuse
-        from potflow import evaluate as pfe
+        from potflow.evaluation.predictions import evaluate_test_set, save_evaluation
         cfg = {workdir["cfg"]!r}
         folders = {{k: v for k, v in {dict((k, str(v)) for k, v in workdir["test_folders"].items())!r}.items()}}
-        ev = pfe.evaluate_test_set(cfg, {str(model)!r}, folders)
-        pfe.save_evaluation({str(tmp_path / "ev.npz")!r}, ev)
+        ev = evaluate_test_set(cfg, {str(model)!r}, folders)
+        save_evaluation({str(tmp_path / "ev.npz")!r}, ev)
         trainers = [m for m in sys.modules if m.startswith("potflow.") and "train" in m]
         assert not trainers, trainers
         print("OK", len(ev["natoms"]))
@@ -355,9 +376,9 @@ def test_test_set_is_all_test_and_never_trains(workdir, tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["OK", str(sum(TEST_GROUPS.values()))]
     assert (model.read_bytes(), model.stat().st_mtime_ns) == before
-    ev = pfe.load_evaluation(tmp_path / "ev.npz")
+    ev = load_evaluation(tmp_path / "ev.npz")
     assert (ev["set"] == "test").all()
-    table = pfe.metrics_table(ev)
+    table = metrics_table(ev)
     assert (table[table["Train/Test"] == "Train"]["Count"] == 0).all()
     assert table[(table["Train/Test"] == "Test") & (table["Property"] == "Force")]["Count"].iloc[0] == 24
 
@@ -407,7 +428,7 @@ def test_workflow_evaluates_fit_and_test_set_and_reports(workdir, repo_root):
                 assert (where / "plots" / f"{figure}.{ext}").stat().st_size > 1000
     assert (fit / "plots" / "loss_curves.png").exists()
     assert lines(ts / "perconfig.dat")[1].split()[-1] == "True"
-    table = pfe.read_metrics(ts / "Ta_metrics.dat")
+    table = read_metrics(ts / "Ta_metrics.dat")
     assert list(table["Group"].unique()) == ["*ALL", "Volume_A15"]
 
     report = snakemake(root, repo_root, "--report", str(root / "report.html"))

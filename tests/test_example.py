@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from potflow.config import fit_groups, load_config, named_groups
-from potflow.example import GROUPS, Ta06ALabeller, build_structures
+from potflow.config.groups import fit_groups, named_groups
+from potflow.config.load import load_config
+from potflow.data.example import GROUPS, Ta06ALabeller, build_structures
 
 DATA = "data/Ta_example"
 

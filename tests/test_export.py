@@ -9,12 +9,28 @@ import numpy as np
 import pytest
 import torch
 
-from potflow import export as ex
-from potflow.config import prepare_config
-from potflow.descriptors import SnapCalculator, num_descriptors
+import potflow.lammps.export
+from potflow.config.load import prepare_config
+from potflow.data.structures import parse_fitsnap_json
+from potflow.descriptors.compute import SnapCalculator
+from potflow.descriptors.snap_index import duplicate_descriptor_sets, num_descriptors
 from potflow.errors import PotflowInputError
-from potflow.model import AtomicEnergyModel, load_model, save_model
-from potflow.structures import parse_fitsnap_json
+from potflow.lammps.export import export_model, export_model_file, sha256
+from potflow.lammps.inputs import (
+    export_paths,
+    format_descriptor_file,
+    include_commands,
+    pair_commands,
+)
+from potflow.lammps.mliap_model import (
+    check_lammps_activation,
+    format_model_file,
+    lammps_network,
+    read_model_file,
+)
+from potflow.lammps.self_check import lammps_single_point, torch_single_point
+from potflow.models.files import load_model, save_model
+from potflow.models.network import AtomicEnergyModel
 
 TOL_E = 1e-8  # eV
 TOL_F = 1e-8  # eV/A
@@ -110,11 +126,11 @@ def assert_lammps_matches_torch(model, cfg, paths, configs):
     calc = SnapCalculator(cfg)
     try:
         for positions, cell, pbc, types in configs:
-            want = ex.torch_single_point(model64, cfg, positions, cell, pbc, types, calc)
-            got = ex.lammps_single_point(
-                ex.include_commands(paths), positions, cell, pbc, types, n_types
+            want = torch_single_point(model64, cfg, positions, cell, pbc, types, calc)
+            got = lammps_single_point(
+                include_commands(paths), positions, cell, pbc, types, n_types
             )
-            ref_atoms = ex.lammps_single_point(ref_commands, positions, cell, pbc, types, n_types)
+            ref_atoms = lammps_single_point(ref_commands, positions, cell, pbc, types, n_types)
             assert abs(ref_atoms["energy"] - want["ref_energy"]) < TOL_E
             assert abs(got["energy"] - want["energy"]) < TOL_E, (got["energy"], want["energy"])
             np.testing.assert_allclose(
@@ -133,11 +149,11 @@ def assert_lammps_matches_torch(model, cfg, paths, configs):
 def test_lammps_reproduces_torch_model(system, option, zbl, shared_data, tmp_path):
     cfg = make_config(system, zbl)
     model = random_model(cfg, option, shared_data)
-    record = ex.export_model(model, cfg, tmp_path, "pot")
+    record = export_model(model, cfg, tmp_path, "pot")
     assert record["self_check"]["force"] < TOL_F
     configs = read_configs(shared_data, SYSTEMS[system]["held_out"], cfg["bispectrum"]["type"])
     configs.append(sheared(configs[0], np.random.default_rng(option)))
-    assert_lammps_matches_torch(model, cfg, ex.export_paths(tmp_path, "pot"), configs)
+    assert_lammps_matches_torch(model, cfg, export_paths(tmp_path, "pot"), configs)
 
 
 @pytest.mark.parametrize(
@@ -146,9 +162,9 @@ def test_lammps_reproduces_torch_model(system, option, zbl, shared_data, tmp_pat
 def test_every_lammps_activation_exports_exactly(activation, hidden, shared_data, tmp_path):
     cfg = make_config("WBe", True)
     model = random_model(cfg, 2, shared_data, hidden=hidden, activation=activation)
-    ex.export_model(model, cfg, tmp_path, "pot")
+    export_model(model, cfg, tmp_path, "pot")
     configs = read_configs(shared_data, SYSTEMS["WBe"]["held_out"], cfg["bispectrum"]["type"])
-    assert_lammps_matches_torch(model, cfg, ex.export_paths(tmp_path, "pot"), configs)
+    assert_lammps_matches_torch(model, cfg, export_paths(tmp_path, "pot"), configs)
 
 
 @pytest.mark.parametrize("twojmax,nelements", [(2, 2), (4, 2), (2, 3)])
@@ -185,7 +201,7 @@ def test_duplicate_sets_are_the_identical_columns(twojmax, nelements):
     ]  # fmt: skip
     expected = {
         (a, b)
-        for cols in ex.duplicate_descriptor_sets(twojmax, nelements)
+        for cols in duplicate_descriptor_sets(twojmax, nelements)
         for a in cols
         for b in cols
         if a < b
@@ -203,18 +219,18 @@ def test_chemflag_forces_exact_only_with_tied_duplicates(option, shared_data, tm
     ):  # larger, untied duplicate weights, as an unconstrained fit may leave them
         for net in model.nets:
             net.layers[0].weight.mul_(3.0)
-    record = ex.export_model(model, cfg, tmp_path, "pot")
+    record = export_model(model, cfg, tmp_path, "pot")
     assert record["chemflag_duplicate_sets"] > 0
     configs = read_configs(shared_data, SYSTEMS["WBe"]["held_out"], cfg["bispectrum"]["type"])
-    assert_lammps_matches_torch(model, cfg, ex.export_paths(tmp_path, "pot"), configs)
+    assert_lammps_matches_torch(model, cfg, export_paths(tmp_path, "pot"), configs)
 
     # The same network written without tying: energies right, LAMMPS forces wrong.
-    untied = ex.lammps_network(model, duplicate_sets=())
-    ex.export_paths(tmp_path, "pot")["model"].write_text(ex.format_model_file(untied))
+    untied = lammps_network(model, duplicate_sets=())
+    export_paths(tmp_path, "pot")["model"].write_text(format_model_file(untied))
     positions, cell, pbc, types = configs[0]
-    want = ex.torch_single_point(copy.deepcopy(model).double(), cfg, positions, cell, pbc, types)
-    got = ex.lammps_single_point(
-        ex.include_commands(ex.export_paths(tmp_path, "pot")), positions, cell, pbc, types, 2
+    want = torch_single_point(copy.deepcopy(model).double(), cfg, positions, cell, pbc, types)
+    got = lammps_single_point(
+        include_commands(export_paths(tmp_path, "pot")), positions, cell, pbc, types, 2
     )
     assert abs(got["energy"] - want["energy"]) < TOL_E
     assert np.abs(got["forces"] - want["forces"]).max() > 1e-4
@@ -225,12 +241,12 @@ def test_export_refuses_activation_lammps_would_run_as_linear(activation, shared
     cfg = make_config("Ta", False)
     model = random_model(cfg, 1, shared_data, activation=activation)
     with pytest.raises(PotflowInputError, match=f"pytorch.activation.*'{activation}'"):
-        ex.export_model(model, cfg, tmp_path, "pot")
+        export_model(model, cfg, tmp_path, "pot")
     assert list(tmp_path.iterdir()) == []
     assert (
         len(
             str(
-                pytest.raises(PotflowInputError, ex.check_lammps_activation, activation).value
+                pytest.raises(PotflowInputError, check_lammps_activation, activation).value
             ).splitlines()
         )
         == 1
@@ -240,8 +256,8 @@ def test_export_refuses_activation_lammps_would_run_as_linear(activation, shared
 def test_model_file_respects_lammps_reader(shared_data, tmp_path):
     cfg = make_config("WBe", False)
     model = random_model(cfg, 3, shared_data, hidden=(37, 5))  # 37 > 30 inputs a node
-    ex.export_model(model, cfg, tmp_path, "pot", check=False)
-    path = ex.export_paths(tmp_path, "pot")["model"]
+    export_model(model, cfg, tmp_path, "pot", check=False)
+    path = export_paths(tmp_path, "pot")["model"]
     raw = path.read_bytes()
     assert b"\r" not in raw and raw.endswith(b"\n")
     lines = [ln.split("#")[0].split() for ln in raw.decode().splitlines()]
@@ -262,8 +278,8 @@ def test_model_file_respects_lammps_reader(shared_data, tmp_path):
                 pos += 1
             assert count == size
     assert pos == len(numeric)
-    net = ex.read_model_file(path, ["W", "Be"])
-    want = ex.lammps_network(model)
+    net = read_model_file(path, ["W", "Be"])
+    want = lammps_network(model)
     for a, b in zip(
         [net.shift, net.scale, *net.weights, *net.biases],
         [want.shift, want.scale, *want.weights, *want.biases],
@@ -303,11 +319,11 @@ def _corrupt(text, how):
 def test_reader_refuses_malformed_model_files(how, shared_data, tmp_path):
     cfg = make_config("Ta", False)
     model = random_model(cfg, 1, shared_data, hidden=(4,))
-    net = ex.lammps_network(model)
+    net = lammps_network(model)
     path = tmp_path / "bad.mliap.model"
-    path.write_bytes(_corrupt(ex.format_model_file(net), how).encode())
+    path.write_bytes(_corrupt(format_model_file(net), how).encode())
     with pytest.raises(PotflowInputError):
-        ex.read_model_file(path)
+        read_model_file(path)
 
 
 def test_descriptor_file_mirrors_every_bispectrum_flag(tmp_path):
@@ -322,7 +338,7 @@ def test_descriptor_file_mirrors_every_bispectrum_flag(tmp_path):
         bnormflag=1,
         wselfallflag=1,
     )
-    text = ex.format_descriptor_file(cfg)
+    text = format_descriptor_file(cfg)
     keys = {}
     for line in text.splitlines():
         words = line.split("#")[0].split()
@@ -342,13 +358,13 @@ def test_descriptor_file_mirrors_every_bispectrum_flag(tmp_path):
 
 def test_pair_commands_overlay_reference_without_zero():
     cfg = make_config("WBe", True)
-    lines = ex.pair_commands(cfg, "m", "d")
+    lines = pair_commands(cfg, "m", "d")
     assert lines == [
         "pair_style hybrid/overlay zbl 4.0 4.8 mliap model nn m descriptor sna d",
         "pair_coeff 1 1 zbl 74 74", "pair_coeff 1 2 zbl 74 4", "pair_coeff 2 2 zbl 4 4",
         "pair_coeff * * mliap W Be",
     ]  # fmt: skip
-    assert ex.pair_commands(make_config("Ta", False), "m", "d") == [
+    assert pair_commands(make_config("Ta", False), "m", "d") == [
         "pair_style mliap model nn m descriptor sna d", "pair_coeff * * Ta"
     ]  # fmt: skip
     plain = make_config("Ta", False)
@@ -358,19 +374,19 @@ def test_pair_commands_overlay_reference_without_zero():
         "pair_style": "zbl 4.0 4.8",
         "pair_coeff": ["* * 73 73"],
     }
-    assert ex.pair_commands(plain, "m", "d")[1:] == [
+    assert pair_commands(plain, "m", "d")[1:] == [
         "pair_coeff * * zbl 73 73",
         "pair_coeff * * mliap Ta",
     ]
     plain["reference"]["pair_style"] = "hybrid/scaled 1.0 zero 10.0 1.0 zbl 4.0 4.8"
     with pytest.raises(PotflowInputError, match="hybrid/scaled"):
-        ex.pair_commands(plain, "m", "d")
+        pair_commands(plain, "m", "d")
 
 
 def test_include_file_runs_from_any_directory(shared_data, tmp_path, monkeypatch):
     cfg = make_config("Ta", True)
     model = random_model(cfg, 1, shared_data, hidden=(4,))
-    ex.export_model(model, cfg, tmp_path / "lammps", "pot")
+    export_model(model, cfg, tmp_path / "lammps", "pot")
     text = (tmp_path / "lammps" / "pot.mod").read_text()
     assert "zero" not in text.split("variable")[1]
     assert "mass 1 180.9" in text
@@ -379,16 +395,16 @@ def test_include_file_runs_from_any_directory(shared_data, tmp_path, monkeypatch
     positions, cell, pbc, types = read_configs(shared_data, SYSTEMS["Ta"]["held_out"][:1], ["Ta"])[
         0
     ]
-    got = ex.lammps_single_point(["include pot.mod"], positions, cell, pbc, types, 1)
-    want = ex.torch_single_point(model.double(), cfg, positions, cell, pbc, types)
+    got = lammps_single_point(["include pot.mod"], positions, cell, pbc, types, 1)
+    want = torch_single_point(model.double(), cfg, positions, cell, pbc, types)
     assert abs(got["energy"] - want["energy"]) < TOL_E
 
 
 def test_torchscript_matches_model_and_needs_no_potflow(shared_data, tmp_path):
     cfg = make_config("WBe", False)
     model = random_model(cfg, 3, shared_data)
-    ex.export_model(model, cfg, tmp_path, "pot", check=False)
-    path = ex.export_paths(tmp_path, "pot")["torchscript"]
+    export_model(model, cfg, tmp_path, "pot", check=False)
+    path = export_paths(tmp_path, "pot")["torchscript"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch marks TorchScript deprecated
         scripted = torch.jit.load(str(path))
@@ -424,10 +440,10 @@ def test_torchscript_runs_under_lammps_mliappy_wrapper(shared_data, tmp_path):
 
     cfg = make_config("WBe", False, chemflag=1, twojmax=2)
     model = random_model(cfg, 2, shared_data)
-    ex.export_model(model, cfg, tmp_path, "pot", check=False)
+    export_model(model, cfg, tmp_path, "pot", check=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.load(str(ex.export_paths(tmp_path, "pot")["torchscript"]))
+        scripted = torch.jit.load(str(export_paths(tmp_path, "pot")["torchscript"]))
     wrapper = TorchWrapper(scripted, n_descriptors=model.num_desc, n_elements=2, n_params=1)
     calc = SnapCalculator(cfg, with_gradients=False)
     try:
@@ -447,7 +463,7 @@ def test_torchscript_runs_under_lammps_mliappy_wrapper(shared_data, tmp_path):
     np.testing.assert_allclose(energy, e_want.detach().numpy(), rtol=0, atol=1e-12)
     # duplicate columns carry the mean of their torch gradients (the sum is what forces use)
     g_want = g_want.detach().numpy()
-    for cols in ex.duplicate_descriptor_sets(2, 2):
+    for cols in duplicate_descriptor_sets(2, 2):
         g_want[:, cols] = g_want[:, cols].mean(axis=1, keepdims=True)
     np.testing.assert_allclose(beta, g_want, rtol=0, atol=1e-10)
 
@@ -457,11 +473,11 @@ def test_export_records_the_exported_model_file(shared_data, tmp_path):
     model = random_model(cfg, 2, shared_data, hidden=(4,))
     model_file = tmp_path / "model.pt"
     save_model(model_file, model, epoch=7, selection="best", val_loss=0.25)
-    record = ex.export_model_file(model_file, cfg, tmp_path / "lammps", "Ta_pot")
+    record = export_model_file(model_file, cfg, tmp_path / "lammps", "Ta_pot")
     saved = __import__("json").loads((tmp_path / "lammps" / "Ta_pot.export.json").read_text())
     assert saved == record
     assert saved["exported_model"] == str(model_file)
-    assert saved["exported_model_sha256"] == ex.sha256(model_file)
+    assert saved["exported_model_sha256"] == sha256(model_file)
     assert saved["model_info"] == {"epoch": 7, "selection": "best", "val_loss": 0.25}
     assert set(saved["files"].values()) == {p.name for p in (tmp_path / "lammps").iterdir()}
     loaded, _ = load_model(model_file)
@@ -472,10 +488,10 @@ def test_export_that_lammps_does_not_reproduce_is_refused_whole(shared_data, tmp
     """The self-check catches a mismatch (here a wrong descriptor flag); nothing is left behind."""
     cfg = make_config("Ta", False)
     model = random_model(cfg, 1, shared_data, hidden=(4,))
-    good = ex.format_descriptor_file
+    good = format_descriptor_file
     monkeypatch.setattr(
-        ex, "format_descriptor_file", lambda c: good(c).replace("bzeroflag 1", "bzeroflag 0")
+        potflow.lammps.export, "format_descriptor_file", lambda c: good(c).replace("bzeroflag 1", "bzeroflag 0")
     )
     with pytest.raises(PotflowInputError, match="LAMMPS does not reproduce the torch model"):
-        ex.export_model(model, cfg, tmp_path, "pot")
+        export_model(model, cfg, tmp_path, "pot")
     assert list(tmp_path.iterdir()) == []

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from potflow import cli
-from potflow import config as pfconfig
-from potflow import fitsnap_input as fi
+from potflow.config.fitsnap import load_any_config, read_fitsnap_input, to_yaml, workflow_config
+from potflow.config.groups import fit_groups, group_options
+from potflow.config.load import prepare_config
 from potflow.errors import PotflowInputError
 
 DATA = Path(__file__).resolve().parent / "data" / "fitsnap"
@@ -52,7 +53,7 @@ def edit(old, new, text=MINIMAL):
 
 
 def test_ta_example_converts_value_by_value(shared_data):
-    conv = fi.read_fitsnap_input(TA_IN)
+    conv = read_fitsnap_input(TA_IN)
     groups = {
         name: {"training_size": 0.7, "testing_size": 0.3, "eweight": e, "fweight": f, "vweight": v}
         for name, e, f, v in [
@@ -116,15 +117,15 @@ def test_ta_example_converts_value_by_value(shared_data):
         ("MEMORY", "override"): "ignored",
     }
     assert conv.unsupported == [] and conv.defaults == []
-    cfg = pfconfig.prepare_config(conv.config)
+    cfg = prepare_config(conv.config)
     # All 12 folders are listed, so all are fitted; [PYTORCH] global weights override the rows.
-    assert len(pfconfig.fit_groups(cfg)) == 12 and "exclude" not in conv.config["groups"]
-    opts = pfconfig.group_options(cfg, "Liquid")
+    assert len(fit_groups(cfg)) == 12 and "exclude" not in conv.config["groups"]
+    opts = group_options(cfg, "Liquid")
     assert (opts["eweight"], opts["fweight"], opts["training_size"]) == (1e-2, 1.0, 0.7)
 
 
 def test_wbe_example_converts_value_by_value(shared_data):
-    conv = fi.read_fitsnap_input(WBE_IN)
+    conv = read_fitsnap_input(WBE_IN)
     cfg = conv.config
     assert cfg["bispectrum"] == {
         "numTypes": 2, "twojmax": 6, "rcutfac": 4.812302818, "rfac0": 0.99363, "rmin0": 0.0,
@@ -158,28 +159,28 @@ def test_wbe_example_converts_value_by_value(shared_data):
     assert groups["DFT_MD_300K"]["fweight"] == 0.002
     # FitSNAP fits only the listed groups: the two folders left out are excluded.
     assert groups["exclude"] == ["EOS_Data", "slice_sample"]
-    prepared = pfconfig.prepare_config(cfg)
-    fitted = pfconfig.fit_groups(prepared)
+    prepared = prepare_config(cfg)
+    fitted = fit_groups(prepared)
     assert len(fitted) == 42 and "slice_sample" not in fitted and "EOS_Data" not in fitted
-    assert pfconfig.group_options(prepared, "EOS_BCC")["training_size"] == 70.0
+    assert group_options(prepared, "EOS_BCC")["training_size"] == 70.0
     assert kinds(conv) == {("MEMORY", "memory"): "ignored", ("MEMORY", "override"): "ignored"}
 
 
 @pytest.mark.parametrize("path", [TA_IN, WBE_IN], ids=["Ta", "WBe"])
 def test_round_trip_through_yaml_and_prepare_config(path, tmp_path, shared_data):
-    conv = fi.read_fitsnap_input(path)
-    text = fi.to_yaml(conv)
+    conv = read_fitsnap_input(path)
+    text = to_yaml(conv)
     back = yaml.safe_load(text)
     assert back == conv.config
-    prepared = pfconfig.prepare_config(back)
-    assert prepared == pfconfig.prepare_config(conv.config)
+    prepared = prepare_config(back)
+    assert prepared == prepare_config(conv.config)
     # Preparing twice changes nothing (the workflow prepares the converted config again).
-    assert pfconfig.prepare_config(prepared) == prepared
+    assert prepare_config(prepared) == prepared
     # The YAML file loads through the ordinary YAML path too.
     out = tmp_path / "config.yaml"
     out.write_text(text)
-    assert fi.load_any_config(out) == prepared
-    assert fi.load_any_config(path, report=lambda line: None) == prepared
+    assert load_any_config(out) == prepared
+    assert load_any_config(path, report=lambda line: None) == prepared
     # Every notice is in the file as a comment.
     for notice in conv.notices:
         assert f"#   {notice}" in text
@@ -212,7 +213,7 @@ override = 0
 
 def test_unsupported_keys_are_reported_by_name(tmp_path):
     path = write_in(tmp_path, UNSUPPORTED)
-    conv = fi.read_fitsnap_input(path)
+    conv = read_fitsnap_input(path)
     assert kinds(conv) == {
         ("BISPECTRUM", "switchinnerflag"): "unsupported",
         ("BISPECTRUM", "sinner"): "unsupported",
@@ -234,7 +235,7 @@ def test_unsupported_keys_are_reported_by_name(tmp_path):
         "[OUTFILE] peratom = my_atoms.dat: unsupported: potflow always writes peratom.dat" in text
     )
     with pytest.raises(PotflowInputError) as err:
-        fi.read_fitsnap_input(path, strict=True)
+        read_fitsnap_input(path, strict=True)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(str(path))
     for name in (
@@ -249,7 +250,7 @@ def test_switches_that_are_off_are_harmless(tmp_path):
     text = MINIMAL.replace(
         "bikflag = 1", "bikflag = 1\nswitchinnerflag = 0\nsinner = 1.5\nalloyflag = 0"
     )
-    conv = fi.read_fitsnap_input(write_in(tmp_path, text + "[CALCULATOR]\nper_atom_scalar = 0\n"))
+    conv = read_fitsnap_input(write_in(tmp_path, text + "[CALCULATOR]\nper_atom_scalar = 0\n"))
     assert kinds(conv)[("BISPECTRUM", "switchinnerflag")] == "ignored"
     assert kinds(conv)[("BISPECTRUM", "sinner")] == "ignored"
     assert kinds(conv)[("BISPECTRUM", "alloyflag")] == "ignored"
@@ -257,20 +258,20 @@ def test_switches_that_are_off_are_harmless(tmp_path):
 
 
 def test_misspelled_key_gets_a_hint(tmp_path):
-    conv = fi.read_fitsnap_input(write_in(tmp_path, MINIMAL.replace("numTypes", "numtypes")))
+    conv = read_fitsnap_input(write_in(tmp_path, MINIMAL.replace("numTypes", "numtypes")))
     (notice,) = [n for n in conv.notices if n.key == "numtypes"]
     assert notice.kind == "unsupported" and "did you mean numTypes?" in notice.reason
 
 
 def test_output_folder_is_reported(tmp_path):
     text = edit("layer_sizes", "save_state_output = runs/Ta.pt\nlayer_sizes")
-    conv = fi.read_fitsnap_input(write_in(tmp_path, text))
+    conv = read_fitsnap_input(write_in(tmp_path, text))
     assert conv.config["pytorch"]["save_state_output"] == "Ta.pt"
     assert kinds(conv)[("PYTORCH", "save_state_output")] == "note"
 
 
 def test_eshift_of_an_element_not_fitted_is_reported(tmp_path):
-    conv = fi.read_fitsnap_input(write_in(tmp_path, MINIMAL + "[ESHIFT]\nTa = -2.5\nW = -4.0\n"))
+    conv = read_fitsnap_input(write_in(tmp_path, MINIMAL + "[ESHIFT]\nTa = -2.5\nW = -4.0\n"))
     assert conv.config["eshift"] == {"Ta": -2.5}
     assert kinds(conv)[("ESHIFT", "W")] == "ignored"
 
@@ -307,7 +308,7 @@ GROUP_TABLE = "[GROUPS]\ngroup_sections = name training_size testing_size\n"
 def test_linear_solver_is_refused(tmp_path, text, where):
     path = write_in(tmp_path, text)
     with pytest.raises(PotflowInputError) as err:
-        fi.read_fitsnap_input(path)
+        read_fitsnap_input(path)
     msg = str(err.value)
     assert "not supported: potflow fits neural networks" in msg
     assert where in msg and msg.startswith(str(path)) and "\n" not in msg
@@ -379,7 +380,7 @@ BAD_INPUTS = {
 def test_bad_input_is_one_line_naming_file_and_key(tmp_path, text, fragment):
     path = write_in(tmp_path, text)
     with pytest.raises(PotflowInputError) as err:
-        fi.read_fitsnap_input(path)
+        read_fitsnap_input(path)
     msg = str(err.value)
     assert fragment in msg, msg
     assert msg.startswith(str(path)) and "\n" not in msg
@@ -387,7 +388,7 @@ def test_bad_input_is_one_line_naming_file_and_key(tmp_path, text, fragment):
 
 def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(PotflowInputError, match="cannot read FitSNAP input"):
-        fi.read_fitsnap_input(tmp_path / "nope.in")
+        read_fitsnap_input(tmp_path / "nope.in")
 
 
 def test_listed_group_without_data_is_refused(tmp_path):
@@ -397,7 +398,7 @@ def test_listed_group_without_data_is_refused(tmp_path):
         "group_types = str float float\nBulk = 0.7 0.3\nSurface = 0.7 0.3\n"
     )
     with pytest.raises(PotflowInputError, match=r"\[GROUPS\]: groups with no data in .*: Surface"):
-        fi.read_fitsnap_input(write_in(tmp_path, text))
+        read_fitsnap_input(write_in(tmp_path, text))
 
 
 # --- FitSNAP semantics kept ---------------------------------------------------------------
@@ -405,7 +406,7 @@ def test_listed_group_without_data_is_refused(tmp_path):
 
 def test_absent_keys_take_fitsnap_defaults_where_they_differ(tmp_path):
     text = "[BISPECTRUM]\ntype = Ta\n[PYTORCH]\n"
-    conv = fi.read_fitsnap_input(write_in(tmp_path, text))
+    conv = read_fitsnap_input(write_in(tmp_path, text))
     cfg = conv.config
     assert cfg["bispectrum"]["bzeroflag"] == 0
     assert cfg["scraper"]["scraper"] == "JSON"
@@ -417,7 +418,7 @@ def test_absent_keys_take_fitsnap_defaults_where_they_differ(tmp_path):
     assert cfg["solver"] == {"solver": "PYTORCH"}
     assert "bispectrum.bzeroflag" in conv.defaults and "scraper.scraper" in conv.defaults
     # Written values are never replaced by defaults.
-    conv = fi.read_fitsnap_input(TA_IN)
+    conv = read_fitsnap_input(TA_IN)
     assert conv.config["bispectrum"]["bzeroflag"] == 1
 
 
@@ -426,7 +427,7 @@ def test_old_size_column_and_counts(tmp_path):
         "[GROUPS]\ngroup_sections = name size eweight fweight vweight\n"
         "group_types = str float float float float\nBulk = 0.7 1 1 0\nSurface = 20 2 1 0\n"
     )
-    groups = fi.read_fitsnap_input(write_in(tmp_path, text)).config["groups"]
+    groups = read_fitsnap_input(write_in(tmp_path, text)).config["groups"]
     # A fraction trains on that share and tests on the rest; a count tests on nothing.
     assert groups["Bulk"] == {
         "training_size": 0.7,
@@ -452,7 +453,7 @@ def test_group_file_rows(tmp_path):
         + GROUP_TABLE
         + "group_types = str float float\n"
     )
-    groups = fi.read_fitsnap_input(write_in(tmp_path, text)).config["groups"]
+    groups = read_fitsnap_input(write_in(tmp_path, text)).config["groups"]
     assert groups["Bulk"] == {"training_size": 0.8, "testing_size": 0.2}
     assert groups["Surface"] == {"training_size": 10.0, "testing_size": 5.0}
 
@@ -463,7 +464,7 @@ def test_paths_resolve_against_the_input_folder(tmp_path, monkeypatch):
     text += "[PATH]\ndataPath = data\n"
     path = write_in(tmp_path / "project", text)
     monkeypatch.chdir(tmp_path)  # a different working directory changes nothing
-    cfg = fi.read_fitsnap_input(Path("project") / "input.in").config
+    cfg = read_fitsnap_input(Path("project") / "input.in").config
     assert cfg["path"]["dataPath"] == str((tmp_path / "project" / "data").resolve())
     assert cfg["pytorch"]["save_state_input"] == str(path.parent.resolve() / "old" / "model.pt")
 
@@ -471,11 +472,11 @@ def test_paths_resolve_against_the_input_folder(tmp_path, monkeypatch):
 def test_load_any_config_by_suffix_and_content(tmp_path):
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text(yaml.safe_dump({"bispectrum": {"type": ["W"]}}))
-    assert fi.load_any_config(yaml_path)["bispectrum"]["type"] == ["W"]
+    assert load_any_config(yaml_path)["bispectrum"]["type"] == ["W"]
     # A FitSNAP input under another suffix is recognised by its first [SECTION] line.
     odd = write_in(tmp_path, "# FitSNAP input\n\n" + MINIMAL, name="fit.txt")
     lines = []
-    cfg = fi.load_any_config(odd, report=lines.append)
+    cfg = load_any_config(odd, report=lines.append)
     assert cfg["bispectrum"]["type"] == ["Ta"] and cfg["pytorch"]["layer_sizes"] == [
         "num_desc",
         8,
@@ -487,7 +488,7 @@ def test_load_any_config_by_suffix_and_content(tmp_path):
 def test_workflow_config_replaces_config_in_place_with_overrides():
     config = {"fitsnap_input": str(TA_IN), "pytorch": {"num_epochs": 3}}
     same = config
-    fi.workflow_config(config, report=lambda line: None)
+    workflow_config(config, report=lambda line: None)
     assert config is same and "fitsnap_input" not in config
     assert config["pytorch"]["num_epochs"] == 3  # the override wins
     assert config["pytorch"]["learning_rate"] == 5e-5  # the rest comes from the input file
@@ -510,13 +511,13 @@ def test_cli_writes_the_yaml_file(tmp_path, shared_data):
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""
     cfg = yaml.safe_load(out.read_text())
-    assert cfg == fi.read_fitsnap_input(TA_IN).config
+    assert cfg == read_fitsnap_input(TA_IN).config
     assert "[MEMORY] override = 0: ignored" in res.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == ["config.yaml"]  # no temp files
     # Without -o the YAML goes to standard output.
     res = run_cli("from-fitsnap", WBE_IN, cwd=tmp_path)
     assert (
-        res.returncode == 0 and yaml.safe_load(res.stdout) == fi.read_fitsnap_input(WBE_IN).config
+        res.returncode == 0 and yaml.safe_load(res.stdout) == read_fitsnap_input(WBE_IN).config
     )
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from potflow.gpu import VISIBLE, GpuClaimError, available_gpus, claim_gpus
+from potflow.training.gpus import VISIBLE, GpuClaimError, available_gpus, claim_gpus
 
 
 def test_scheduler_assignment_is_kept(tmp_path):
@@ -92,7 +92,7 @@ def _gpu_env(tmp_path, pool):
 def test_concurrent_jobs_never_share_a_gpu(tmp_path):
     """Six jobs on three (fake) GPUs: no two jobs hold the same GPU at the same time."""
     env = _gpu_env(tmp_path, "0,1,2")
-    cmd = [sys.executable, "-m", "potflow.gpu", "-n", "1", "--", sys.executable, "-c", RECORD]
+    cmd = [sys.executable, "-m", "potflow.cli", "gpu", "-n", "1", "--", sys.executable, "-c", RECORD]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(6)]
     runs = []
     for p in procs:
@@ -109,7 +109,7 @@ def test_concurrent_jobs_never_share_a_gpu(tmp_path):
 
 def test_killed_job_frees_its_gpu(tmp_path):
     env = _gpu_env(tmp_path, "0")
-    cmd = [sys.executable, "-m", "potflow.gpu", "-n", "1", "--", "sleep", "60"]
+    cmd = [sys.executable, "-m", "potflow.cli", "gpu", "-n", "1", "--", "sleep", "60"]
     proc = subprocess.Popen(cmd, env=env)
     try:
         deadline = time.time() + 20

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
+from potflow.data.structures import EV_PER_A3_IN_BAR, import_group, load_group
 from potflow.errors import PotflowInputError
-from potflow.structures import EV_PER_A3_IN_BAR, import_group, load_group
 
 COMMENT = "# A test JSON file for QM data\n"
 # A sheared (non-orthogonal) cell, rows are the cell vectors.
@@ -239,7 +239,7 @@ def test_shortest_distance_agrees_with_ase(seed):
     from ase import Atoms
     from ase.neighborlist import neighbor_list
 
-    from potflow.structures import shortest_distance
+    from potflow.data.structures import shortest_distance
 
     rng = np.random.default_rng(seed)
     for _ in range(40):

@@ -9,12 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from potflow import export as ex
-from potflow import md as pmd
-from potflow.config import prepare_config
-from potflow.descriptors import SnapCalculator, num_descriptors
+from potflow.config.load import prepare_config
+from potflow.descriptors.compute import SnapCalculator
+from potflow.descriptors.snap_index import num_descriptors
 from potflow.errors import PotflowInputError
-from potflow.model import AtomicEnergyModel, save_model
+from potflow.lammps import md as pmd
+from potflow.lammps.export import export_model
+from potflow.lammps.inputs import export_paths, include_commands
+from potflow.lammps.mliap_model import format_model_file, lammps_network
+from potflow.models.files import save_model
+from potflow.models.network import AtomicEnergyModel
 
 ZBL = {
     "pair_style": "hybrid/overlay zero 10.0 zbl 4.0 4.8",
@@ -58,8 +62,8 @@ def exported(tmp_path_factory):
     cfg = ta_config()
     model = standardised_model(cfg)
     out = tmp_path_factory.mktemp("lammps")
-    ex.export_model(model, cfg, out, "Ta_pot")
-    return model, ex.export_paths(out, "Ta_pot")
+    export_model(model, cfg, out, "Ta_pot")
+    return model, export_paths(out, "Ta_pot")
 
 
 def outputs_in(folder):
@@ -73,7 +77,7 @@ def test_md_writes_every_output_with_small_drift_and_exact_forces(exported, tmp_
     atoms = pmd.md_structure(cfg)
     outputs = outputs_in(tmp_path)
     summary = pmd.validate_md(
-        cfg, model, ex.include_commands(paths), atoms, outputs, tmp_path / "log.lammps"
+        cfg, model, include_commands(paths), atoms, outputs, tmp_path / "log.lammps"
     )
     assert all(p.exists() and p.stat().st_size > 0 for p in outputs.values())
     assert "Loop time" in (tmp_path / "log.lammps").read_text()
@@ -110,7 +114,7 @@ def test_force_check_catches_a_wrong_torch_model(exported, tmp_path):
     checker = pmd.force_checker(other, cfg)
     try:
         _, snaps = pmd.run_nve(
-            ex.include_commands(paths),
+            include_commands(paths),
             pmd.md_structure(cfg),
             ["Ta"],
             cfg["md"],
@@ -133,7 +137,7 @@ def test_drift_above_the_bound_fails_and_keeps_the_log(exported, tmp_path):
         pmd.validate_md(
             cfg,
             model,
-            ex.include_commands(paths),
+            include_commands(paths),
             pmd.md_structure(cfg),
             outputs,
             tmp_path / "log.lammps",
@@ -145,18 +149,18 @@ def test_drift_above_the_bound_fails_and_keeps_the_log(exported, tmp_path):
 
 def test_nan_energies_fail_clearly(exported, tmp_path):
     model, paths = exported
-    broken = ex.lammps_network(model)
+    broken = lammps_network(model)
     broken.biases[-1][:] = np.nan  # energies NaN, forces still finite: LAMMPS runs on
-    bad = ex.export_paths(tmp_path, "Ta_pot")
+    bad = export_paths(tmp_path, "Ta_pot")
     for key in ("descriptor", "include"):
         bad[key].write_text(paths[key].read_text())
-    bad["model"].write_text(ex.format_model_file(broken))
+    bad["model"].write_text(format_model_file(broken))
     cfg = ta_config(steps=30, check_snapshots=0)
     with pytest.raises(PotflowInputError, match="not finite at step 0"):
         pmd.validate_md(
             cfg,
             model,
-            ex.include_commands(bad),
+            include_commands(bad),
             pmd.md_structure(cfg),
             outputs_in(tmp_path),
             tmp_path / "log.lammps",
@@ -172,7 +176,7 @@ def test_lost_atoms_fail_clearly(exported, tmp_path):
         pmd.validate_md(
             cfg,
             model,
-            ex.include_commands(paths),
+            include_commands(paths),
             pmd.md_structure(cfg),
             outputs_in(tmp_path),
             tmp_path / "log.lammps",
@@ -199,7 +203,7 @@ def _write_group(path, n_configs=3, seed=0):
 
 
 def test_training_structure_is_a_supercell_of_a_training_configuration(tmp_path):
-    from potflow.structures import import_group
+    from potflow.data.structures import import_group
 
     _write_group(tmp_path / "bulk.xyz")
     import_group(tmp_path / "bulk.xyz", "XYZ", ["Ta"], tmp_path / "bulk.npz", 0.5)

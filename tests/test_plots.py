@@ -5,8 +5,8 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from potflow import plots
 from potflow.errors import PotflowInputError
+from potflow.evaluation import plots
 
 
 def synthetic_evaluation(seed=0, has_forces=True):
@@ -96,7 +96,7 @@ def test_group_error_bars_match_the_metrics():
     energy_ax, force_ax = fig.axes[:2]
     labels = [t.get_text() for t in energy_ax.get_yticklabels()]
     assert labels == ["*ALL", "Bulk", "Surface", "Liquid"]
-    from potflow.evaluate import metrics_table
+    from potflow.evaluation.error_files import metrics_table
 
     table = metrics_table(ev)
     want = table[(table["Property"] == "Force") & (table["Train/Test"] == "Test")]["MAE"].to_numpy()

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from potflow.config import prepare_config
-from potflow.descriptors import compute_group_descriptors
-from potflow.resources import (
+from potflow.config.load import prepare_config
+from potflow.data.structures import import_group, load_group
+from potflow.descriptors.compute import compute_group_descriptors
+from potflow.descriptors.job_resources import (
     UNKNOWN,
     cutoff,
     descriptor_job_resources,
     estimated_gradient_rows,
 )
-from potflow.structures import import_group, load_group
 
 ZBL = {"pair_style": "hybrid/overlay zero 10.0 zbl 4.0 4.8", "pair_coeff": ["* * zero", "* * zbl 73 73"]}
 
@@ -52,7 +52,7 @@ def _bcc_group(path, repeat, configs=2, seed=0):
 PEAK = """
 import json, re, sys
 from pathlib import Path
-from potflow.descriptors import compute_group_descriptors
+from potflow.descriptors.compute import compute_group_descriptors
 compute_group_descriptors(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
 print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024)
 """

@@ -29,10 +29,11 @@ import torch
 import yaml
 from tiny_ta import copy_tiny_groups, tiny_config, write_config
 
-from potflow.config import descriptor_key, prepare_config
-from potflow.descriptors import ARRAYS, read_meta
-from potflow.model import load_model
-from potflow.resources import descriptor_job_resources
+from potflow.config.load import prepare_config
+from potflow.descriptors.folders import ARRAYS, read_meta
+from potflow.descriptors.job_resources import descriptor_job_resources
+from potflow.descriptors.settings import descriptor_key
+from potflow.models.files import load_model
 
 STANDIN = Path(__file__).resolve().parent / "slurm_standin"
 # Jobs per rule for the tiny dataset (3 groups); `all` runs on the submit host, not via sbatch.

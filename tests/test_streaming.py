@@ -10,11 +10,13 @@ import pytest
 import torch
 import yaml
 
-from potflow.config import prepare_config
-from potflow.dataset import ConfigSet, FitData, PreparedSet, make_store
-from potflow.descriptors import NpyAppender, SnapCalculator, compute_group_descriptors, open_group
-from potflow.structures import import_group, iter_configs, load_group
-from potflow.train import TrainPaths, train
+from potflow.config.load import prepare_config
+from potflow.data.structures import import_group, iter_configs, load_group
+from potflow.descriptors.compute import SnapCalculator, compute_group_descriptors
+from potflow.descriptors.folders import NpyAppender, open_group
+from potflow.training.datasets import ConfigSet, FitData
+from potflow.training.loop import TrainPaths, train
+from potflow.training.stores import PreparedSet, make_store
 
 ROOT = Path(__file__).resolve().parent.parent
 # (group, number of files): W–Be MD cells (54 atoms), Be on a W surface (97), W–Be EOS (2)

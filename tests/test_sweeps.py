@@ -10,12 +10,8 @@ import torch
 import yaml
 from workflow_runs import job_counts, run_workflow
 
-from potflow import leaderboard as lb
-from potflow.config import descriptor_key, prepare_config
-from potflow.errors import PotflowInputError
-from potflow.evaluate import METRICS_COLUMNS, format_metrics
-from potflow.model import AtomicEnergyModel, save_model
-from potflow.sweeps import (
+from potflow.config.load import prepare_config
+from potflow.config.sweeps import (
     deep_merge,
     expand_fits,
     fits_table,
@@ -25,6 +21,12 @@ from potflow.sweeps import (
     short_keys,
     sweep_points,
 )
+from potflow.descriptors.settings import descriptor_key
+from potflow.errors import PotflowInputError
+from potflow.evaluation import leaderboard as lb
+from potflow.evaluation.error_files import METRICS_COLUMNS, format_metrics
+from potflow.models.files import save_model
+from potflow.models.network import AtomicEnergyModel
 
 ZBL = {"pair_style": "hybrid/overlay zero 10.0 zbl 4.0 4.8", "pair_coeff": ["* * zero", "* * zbl 73 73"]}
 LAYERS = [["num_desc", 8, 1], ["num_desc", 16, 16, 1], ["num_desc", 32, 1]]
@@ -293,7 +295,7 @@ def test_leaderboard_without_benchmark_or_md(tmp_path):
 
 
 def test_train_command_takes_the_named_fit_of_a_sweep(tmp_path, datadir):
-    from potflow.distributed import job_from_config
+    from potflow.training.launch import job_from_config
 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(base_config(datadir) | {"sweep": {"pytorch.layer_sizes": LAYERS[:2]}}))

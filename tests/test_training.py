@@ -13,13 +13,19 @@ import pytest
 import torch
 import yaml
 
-from potflow.config import prepare_config
-from potflow.dataset import FitData, concat_ranges, make_store, split_group
-from potflow.descriptors import ARRAYS, META, compute_group_descriptors
+from potflow.config.load import prepare_config
+from potflow.data.splits import split_group
+from potflow.data.structures import import_group
+from potflow.descriptors.compute import compute_group_descriptors
+from potflow.descriptors.folders import ARRAYS, META
 from potflow.errors import PotflowInputError
-from potflow.model import load_model, predict
-from potflow.structures import import_group
-from potflow.train import TrainPaths, batch_loss_sum, read_checkpoint, train
+from potflow.models.files import load_model
+from potflow.models.network import predict
+from potflow.training.checkpoints import read_checkpoint
+from potflow.training.datasets import FitData, concat_ranges
+from potflow.training.loop import TrainPaths, train
+from potflow.training.loss import batch_loss_sum
+from potflow.training.stores import PreparedSet, make_store
 
 # ----------------------------------------------------------------------------- synthetic data
 
@@ -185,7 +191,7 @@ def test_loss_matches_the_formula_by_hand(tawb):
     cfg["groups"] = {**cfg["groups"], "g0": {"eweight": 2.0, "fweight": 0.3}, "g1": {"eweight": 0.7, "fweight": 1.9}}
     cfg = with_pytorch(cfg, energy_weight=None, force_weight=None)
     data = FitData(cfg, folders)
-    from potflow.model import AtomicEnergyModel
+    from potflow.models.network import AtomicEnergyModel
 
     for option in (1, 2, 3):
         torch.manual_seed(option)
@@ -193,7 +199,7 @@ def test_loss_matches_the_formula_by_hand(tawb):
         cs = data.subset("train")
         model.set_standardisation_moments(*cs.moments())
         pick = np.array([1, len(cs) - 1, 2])  # configs from both groups, out of order
-        prepared = cs.prepare(model.shift.numpy(), model.scale.numpy(), option, torch.float64, "cpu")
+        prepared = PreparedSet(cs, model.shift.numpy(), model.scale.numpy(), option, torch.float64, "cpu")
         (batch,) = prepared.batches(pick, batch_size=3)
         with torch.no_grad():
             got = (batch_loss_sum(model, batch, prepared.grad) / batch.n_configs).item()
@@ -273,7 +279,7 @@ def test_interrupted_run_resumes_from_the_resume_file(ta, tmp_path, monkeypatch)
     cfg = with_pytorch(cfg, num_epochs=6, save_freq=2)
     full = train(cfg, folders, paths(tmp_path / "full"), progress=False)
 
-    import potflow.train as pt
+    import potflow.training.loop as pt
 
     real = pt.write_torch  # the checkpoint writer of the training loop
 
@@ -505,7 +511,7 @@ def test_short_fit_on_the_bundled_example_lowers_the_validation_loss(repo_root, 
     cfg["path"]["dataPath"] = str(repo_root / "data" / "Ta_example")
     cfg["pytorch"].update(num_epochs=8)
     cfg = prepare_config(cfg)
-    from potflow.config import fit_groups
+    from potflow.config.groups import fit_groups
 
     folders = []
     for group in fit_groups(cfg):

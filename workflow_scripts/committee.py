@@ -1,14 +1,14 @@
 """Committee rules: the uncertainty figure of an evaluation, the disagreement along the MD run."""
 
-from potflow.rulescript import rule_step, run_rule
+from potflow.workflow.rulescript import rule_step, run_rule
 
 sm = snakemake  # noqa: F821
 
 
 def plot_committee():
-    from potflow.committee import uncertainty_figure
-    from potflow.evaluate import load_evaluation
-    from potflow.plots import save_figure
+    from potflow.evaluation.committee import uncertainty_figure
+    from potflow.evaluation.plots import save_figure
+    from potflow.evaluation.predictions import load_evaluation
 
     fig = uncertainty_figure(load_evaluation(sm.input[0]), sm.params.title)
     save_figure(fig, sm.output.png, sm.output.pdf)
@@ -20,7 +20,7 @@ def md_committee():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from potflow.committee import validate_md_committee
+    from potflow.evaluation.committee import validate_md_committee
 
     torch.set_num_threads(max(1, sm.threads))
     models = [sm.input.model, *sm.input.members]

@@ -1,7 +1,7 @@
 import json
 
-from potflow.descriptors import compute_group_descriptors
-from potflow.rulescript import run_rule
+from potflow.descriptors.compute import compute_group_descriptors
+from potflow.workflow.rulescript import run_rule
 
 sm = snakemake  # noqa: F821
 

@@ -1,8 +1,9 @@
 """Evaluation rules of a fit: predictions, then FitSNAP's error files (one rule each)."""
 
-from potflow import evaluate as pfe
+from potflow.evaluation import error_files as files
+from potflow.evaluation import predictions as pfe
 from potflow.fileio import write_text
-from potflow.rulescript import rule_step, run_rule
+from potflow.workflow.rulescript import rule_step, run_rule
 
 sm = snakemake  # noqa: F821
 
@@ -23,19 +24,19 @@ def evaluate_fit():
 
 def evaluation_metrics():
     ev = pfe.load_evaluation(sm.input[0])
-    table = pfe.metrics_table(ev)
-    pfe.write_metrics(sm.output.metrics, table)
-    html = pfe.metrics_html(table, sm.params.title, pfe.metrics_notes(ev))
+    table = files.metrics_table(ev)
+    files.write_metrics(sm.output.metrics, table)
+    html = files.metrics_html(table, sm.params.title, files.metrics_notes(ev))
     write_text(sm.output.html, html)
-    print(pfe.format_metrics(table))
+    print(files.format_metrics(table))
 
 
 def evaluation_perconfig():
-    pfe.write_frame(sm.output[0], pfe.perconfig_frame(pfe.load_evaluation(sm.input[0])))
+    files.write_frame(sm.output[0], files.perconfig_frame(pfe.load_evaluation(sm.input[0])))
 
 
 def evaluation_peratom():
-    pfe.write_frame(sm.output[0], pfe.peratom_frame(pfe.load_evaluation(sm.input[0])))
+    files.write_frame(sm.output[0], files.peratom_frame(pfe.load_evaluation(sm.input[0])))
 
 
 def evaluation_configs():
@@ -43,7 +44,7 @@ def evaluation_configs():
     groups = list(ev["groups"])
     folders = dict(zip(groups, sm.input.descriptors, strict=True))
     structures = dict(zip(groups, sm.input.structures, strict=True))
-    pfe.write_configs(sm.output[0], pfe.config_records(ev, folders, structures))
+    files.write_configs(sm.output[0], files.config_records(ev, folders, structures))
 
 
 STEPS = {"evaluate_fit": evaluate_fit, "evaluation_metrics": evaluation_metrics, "evaluation_perconfig": evaluation_perconfig, "evaluation_peratom": evaluation_peratom, "evaluation_configs": evaluation_configs}

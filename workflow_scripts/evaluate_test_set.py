@@ -2,8 +2,8 @@
 
 import torch
 
-from potflow import evaluate as pfe
-from potflow.rulescript import run_rule
+from potflow.evaluation.predictions import evaluate_test_set, model_info, save_evaluation
+from potflow.workflow.rulescript import run_rule
 
 sm = snakemake  # noqa: F821
 
@@ -11,9 +11,9 @@ sm = snakemake  # noqa: F821
 def body():
     torch.set_num_threads(max(1, sm.threads))
     folders = dict(zip(sm.params.groups, sm.input.descriptors, strict=True))
-    ev = pfe.evaluate_test_set(sm.params.config, sm.input.model, folders, members=list(sm.input.members))
-    pfe.save_evaluation(sm.output[0], ev)
-    print(f"test set {sm.wildcards.test_set}: {len(ev['natoms'])} configurations, model {pfe.model_info(ev)}")
+    ev = evaluate_test_set(sm.params.config, sm.input.model, folders, members=list(sm.input.members))
+    save_evaluation(sm.output[0], ev)
+    print(f"test set {sm.wildcards.test_set}: {len(ev['natoms'])} configurations, model {model_info(ev)}")
 
 
 run_rule(body, sm.log[0])

@@ -1,7 +1,8 @@
 from pathlib import Path
 
-from potflow.export import export_model_file, export_paths
-from potflow.rulescript import run_rule
+from potflow.lammps.export import export_model_file
+from potflow.lammps.inputs import export_paths
+from potflow.workflow.rulescript import run_rule
 
 sm = snakemake  # noqa: F821
 

@@ -1,5 +1,5 @@
-from potflow.rulescript import run_rule
-from potflow.structures import import_group
+from potflow.data.structures import import_group
+from potflow.workflow.rulescript import run_rule
 
 sm = snakemake  # noqa: F821
 

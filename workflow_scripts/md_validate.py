@@ -1,7 +1,7 @@
 import os
 
-from potflow.md import validate_exported
-from potflow.rulescript import run_rule
+from potflow.lammps.md import validate_exported
+from potflow.workflow.rulescript import run_rule
 
 sm = snakemake  # noqa: F821
 os.environ.setdefault("OMP_NUM_THREADS", "1")

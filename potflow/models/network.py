@@ -1,0 +1,204 @@
+"""Per-atom energy networks on standardised SNAP descriptors.
+
+E_config = sum_i E_atom(B_i, element_i).  ``multi_element_option``:
+  1  one network for every element (one shared shift/scale);
+  2  one network per element (per-element shift/scale);
+  3  one shared network whose input is [standardised B, one-hot element].
+
+``energy_and_gradient`` returns per-atom energies and dE/dB written out analytically
+(no double backward), so the force loss needs only one backward pass.
+"""
+
+import torch
+from torch import nn
+
+_ACT = {
+    "linear": (lambda z: z, lambda z, h: torch.ones_like(z)),
+    "tanh": (torch.tanh, lambda z, h: 1.0 - h * h),
+    "sigmoid": (torch.sigmoid, lambda z, h: h * (1.0 - h)),
+    "relu": (torch.relu, lambda z, h: (z > 0).to(z.dtype)),
+    "silu": (nn.functional.silu, lambda z, h: torch.sigmoid(z) * (1.0 + z * (1.0 - torch.sigmoid(z)))),
+    "softplus": (nn.functional.softplus, lambda z, h: torch.sigmoid(z)),
+}
+
+
+class MLP(nn.Module):
+    """Linear layers with one activation between them; the last layer is linear with 1 output."""
+
+    def __init__(self, sizes, activation):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+        self.activation = activation
+        self._act, self._dact = _ACT[activation]
+
+    def forward(self, x):
+        return self.energy_and_gradient(x, need_gradient=False)[0]
+
+    def energy_and_gradient(self, x, need_gradient=True):
+        """(E (A,), dE/dx (A, n_in) or None)."""
+        zs, hs = [], []
+        h = x
+        for layer in self.layers[:-1]:
+            z = layer(h)
+            h = self._act(z)
+            zs.append(z)
+            hs.append(h)
+        energy = self.layers[-1](h).squeeze(-1)
+        if not need_gradient:
+            return energy, None
+        g = self.layers[-1].weight.expand(x.shape[0], -1)
+        for layer, z, h in zip(reversed(self.layers[:-1]), reversed(zs), reversed(hs), strict=True):
+            g = (g * self._dact(z, h)) @ layer.weight
+        return energy, g
+
+
+class AtomicEnergyModel(nn.Module):
+    """The fitted potential: standardisation + network(s). Buffers hold shift/scale (n_el, K)."""
+
+    def __init__(self, num_desc, hidden, elements, option=1, activation="tanh"):
+        super().__init__()
+        self.num_desc = int(num_desc)
+        self.hidden = [int(h) for h in hidden]
+        self.elements = list(elements)
+        self.option = int(option)
+        self.activation = activation
+        n_el = len(self.elements)
+        n_in = self.num_desc + (n_el if self.option == 3 else 0)
+        n_nets = n_el if self.option == 2 else 1
+        self.nets = nn.ModuleList(MLP([n_in, *self.hidden, 1], activation) for _ in range(n_nets))
+        self.register_buffer("shift", torch.zeros(n_el, self.num_desc))
+        self.register_buffer("scale", torch.ones(n_el, self.num_desc))
+
+    def hyperparameters(self):
+        return {
+            "num_desc": self.num_desc,
+            "hidden": self.hidden,
+            "elements": self.elements,
+            "option": self.option,
+            "activation": self.activation,
+        }
+
+    @torch.no_grad()
+    def set_standardisation(self, descriptors, types):
+        """Shift/scale from training atoms only (per element for option 2, shared otherwise)."""
+        B = torch.as_tensor(descriptors, dtype=torch.float64)
+        t = torch.as_tensor(types, dtype=torch.long)
+        n_el = len(self.elements)
+        count = torch.stack([(t == e).sum() for e in range(n_el)]).to(torch.float64)
+        mean = torch.stack([B[t == e].mean(0) if count[e] else B.new_zeros(B.shape[1]) for e in range(n_el)])
+        m2 = torch.stack([((B[t == e] - mean[e]) ** 2).sum(0) for e in range(n_el)])
+        self.set_standardisation_moments(count, mean, m2)
+
+    @torch.no_grad()
+    def set_standardisation_moments(self, count, mean, m2):
+        """Shift/scale from per-element moments of the training atoms.
+
+        ``count`` (n_el,), ``mean`` (n_el, K) and ``m2`` (n_el, K, sums of squared deviations)
+        are merged over elements for options 1 and 3; option 2 keeps one row per element
+        (an element without training atoms gets the pooled values). A constant descriptor
+        keeps scale 1.
+        """
+        count = torch.as_tensor(count, dtype=torch.float64)
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        m2 = torch.as_tensor(m2, dtype=torch.float64)
+        total = count.sum()
+        pooled_mean = (count[:, None] * mean).sum(0) / total
+        pooled_m2 = (m2 + count[:, None] * (mean - pooled_mean) ** 2).sum(0)
+        pooled_std = (pooled_m2 / total).sqrt()
+        if self.option == 2:
+            has = count > 0
+            shift = torch.where(has[:, None], mean, pooled_mean)
+            std = torch.where(has[:, None], (m2 / count.clamp(min=1)[:, None]).sqrt(), pooled_std)
+        else:
+            shift = pooled_mean.expand_as(mean)
+            std = pooled_std.expand_as(mean)
+        std = torch.where(std > 1e-12 * (1 + shift.abs()), std, torch.ones_like(std))
+        self.shift.copy_(shift)
+        self.scale.copy_(std)
+
+    @torch.no_grad()
+    def set_energy_offsets(self, per_element, spread=1.0):
+        """Start the output layers at the energy scale of the data.
+
+        The biases start at the mean energy per atom of each element (eV) and the output
+        weights are multiplied by ``spread`` (eV), the spread of the energies per atom about
+        those means, so that a bounded activation (tanh, sigmoid) can reach the whole range
+        of energies without first growing its weights. Option 2 gives each element's network
+        its own offset; options 1 and 3 share one network, which starts at the mean offset.
+        """
+        mu = torch.as_tensor(per_element, dtype=torch.float64)
+        for net in self.nets:
+            net.layers[-1].weight.mul_(float(spread))
+        if self.option == 2:
+            for net, m in zip(self.nets, mu, strict=True):
+                net.layers[-1].bias.fill_(float(m))
+        else:
+            self.nets[0].layers[-1].bias.fill_(float(mu.mean()))
+
+    def standardised_energy_and_gradient(self, x, element_counts=None, need_gradient=True):
+        """Per-atom energies (A,) and dE/dx (A, K) for standardised inputs ``x``.
+
+        ``x`` = (B - shift) / scale, with the one-hot element columns appended for option 3.
+        For option 2 the atoms come ordered by element, ``element_counts[e]`` of element e,
+        so each network sees one contiguous slice (no index lists, no host sync).
+        The training loop uses this; ``energy_and_gradient`` does the standardisation itself.
+        """
+        if self.option != 2:
+            e, g = self.nets[0].energy_and_gradient(x, need_gradient)
+            if g is not None and self.option == 3:
+                g = g[:, : self.num_desc]
+            return e, g
+        energies, grads = [], []
+        for net, part in zip(self.nets, torch.split(x, list(element_counts)), strict=True):
+            if part.shape[0]:
+                e, g = net.energy_and_gradient(part, need_gradient)
+                energies.append(e)
+                grads.append(g)
+        if len(energies) == 1:
+            return energies[0], grads[0]
+        return torch.cat(energies), (torch.cat(grads) if need_gradient else None)
+
+    def energy_and_gradient(self, B, types, need_gradient=True):
+        """Per-atom energies (A,) and dE/dB (A, K) for descriptors B (A, K) of elements ``types``."""
+        types = types.long()
+        x = (B - self.shift[types]) / self.scale[types]
+        if self.option == 3:
+            onehot = nn.functional.one_hot(types, len(self.elements)).to(x.dtype)
+            x = torch.cat([x, onehot], dim=1)
+        if self.option != 2:
+            e, g = self.nets[0].energy_and_gradient(x, need_gradient)
+            if g is not None:
+                g = g[:, : self.num_desc] / self.scale[types]
+            return e, g
+        energy = B.new_zeros(B.shape[0])
+        grad = B.new_zeros(B.shape) if need_gradient else None
+        for el, net in enumerate(self.nets):
+            idx = (types == el).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            e, g = net.energy_and_gradient(x.index_select(0, idx), need_gradient)
+            energy = energy.index_put((idx,), e)
+            if need_gradient:
+                grad = grad.index_put((idx,), g / self.scale[el])
+        return energy, grad
+
+    def forward(self, B, types):
+        return self.energy_and_gradient(B, types, need_gradient=False)[0]
+
+
+def predict(model, B, types, natoms, grad_values=None, grad_index=None, grad_config=None):
+    """Configuration energies (M,) and forces (A, 3) of a batch.
+
+    ``grad_index`` rows (i, j, a) count atoms in the batch; forces are
+    F_j^a = -sum_rows dE/dB_i . grad_values[row]. ``natoms`` (M,) splits atoms into configurations.
+    """
+    need = grad_values is not None and len(grad_values) > 0
+    e_atom, dEdB = model.energy_and_gradient(B, types, need_gradient=need)
+    config_of_atom = torch.repeat_interleave(torch.arange(len(natoms), device=B.device), natoms)
+    energy = B.new_zeros(len(natoms)).index_add(0, config_of_atom, e_atom)
+    forces = B.new_zeros(B.shape[0] * 3)
+    if need:
+        i, j, a = grad_index[:, 0].long(), grad_index[:, 1].long(), grad_index[:, 2].long()
+        contrib = (dEdB.index_select(0, i) * grad_values.to(dEdB.dtype)).sum(1)
+        forces = forces.index_add(0, j * 3 + a, -contrib)
+    return energy, forces.view(-1, 3), e_atom

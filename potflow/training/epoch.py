@@ -1,0 +1,80 @@
+"""One epoch of a fit: shuffled global batches, summed gradients, one optimiser step each.
+
+Under torchrun each rank takes its share of every global batch; its loss is divided by the
+whole batch's size, so the gradients summed across ranks are those of the batch mean.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from potflow.errors import PotflowInputError
+from potflow.training import collectives
+from potflow.training.datasets import batch_sizes
+from potflow.training.loss import batch_loss_sum, set_loss
+
+
+def epoch_order(fit):
+    """The order of the training configurations in the next epoch."""
+    M = len(fit.train_set)
+    if fit.settings["shuffle_flag"]:
+        return torch.randperm(M, generator=fit.shuffle).numpy()
+    return np.arange(M)
+
+
+def _batches_of_pass(store, order, sizes):
+    """(gradient rows, batch) of one pass in ``order``, one batch at a time; sizes 0 (a rank
+    without configurations in a global batch) give no batch."""
+    for prepared, batches in store.epoch(order, sizes[sizes > 0]):
+        for b in batches:
+            yield prepared.grad, b
+
+
+def validation_loss(fit):
+    return set_loss(fit.model, fit.stores["val"], len(fit.val_set), fit.stores["val_batch"], fit.device)
+
+
+def train_one_epoch(fit, epoch):
+    """Train one pass over the training set; return its batch-averaged training loss."""
+    model, device = fit.model, fit.device
+    model.train()
+    sizes = batch_sizes(len(fit.train_set), fit.settings["batch_size"])  # the global batches
+    # this rank's configurations of each global batch (each batch's whole, in one process)
+    mine, my_sizes = collectives.shard_batches(epoch_order(fit), sizes, fit.ranks)
+    batches = _batches_of_pass(fit.stores["train"], mine, my_sizes)
+    params = list(model.parameters())
+    loss_sum = torch.zeros((), dtype=fit.dtype, device=device)
+    for n_batch, n_mine in zip(sizes.tolist(), my_sizes.tolist(), strict=True):
+        fit.optimizer.zero_grad(set_to_none=True)
+        if n_mine:
+            grad, b = next(batches)
+            # this rank's share of the batch mean: the summed gradients are the mean's
+            loss = batch_loss_sum(model, b, grad) / n_batch
+            loss.backward()
+            loss_sum += loss.detach()
+        collectives.all_reduce_gradients(params)
+        fit.optimizer.step()
+    batches.close()
+    train_loss = collectives.sum_across([loss_sum], device)[0] / len(sizes)
+    if not math.isfinite(train_loss):
+        raise PotflowInputError(
+            "config", f"config field 'pytorch.learning_rate': training diverged (loss {train_loss}) "
+            f"at epoch {epoch}; lower the learning rate"
+        )
+    return train_loss
+
+
+def run_epoch(fit, epoch):
+    """One epoch: training pass, validation loss, model selection, schedule step."""
+    train_loss = train_one_epoch(fit, epoch)
+    val_loss = validation_loss(fit)
+    fit.history.append([float(epoch), train_loss, val_loss])
+    fit.epochs_done = epoch + 1
+    fit.selection.observe(fit.model, epoch, train_loss, val_loss)
+    if fit.scheduler is not None:
+        if isinstance(fit.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            fit.scheduler.step(val_loss if fit.selection.has_validation else train_loss)
+        else:
+            fit.scheduler.step()
+    return train_loss, val_loss

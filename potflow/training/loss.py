@@ -1,0 +1,58 @@
+"""The loss of a batch and of a whole set.
+
+Loss of a batch of M configurations (targets after the reference potential and eshift):
+
+  L = (1/M) sum_m [ w^E_m ((E_pred_m - E_m) / N_m)^2 + w^F_m / (3 N_m) sum_i |F_pred_mi - F_mi|^2 ]
+"""
+
+import numpy as np
+import torch
+
+from potflow.training.collectives import sum_across
+
+
+def batch_loss_sum(model, batch, grad):
+    """Sum over the batch's configurations of the per-configuration loss (0-d tensor)."""
+    forces = batch.row_ids is not None
+    e_atom, dedx = model.standardised_energy_and_gradient(batch.x, batch.counts, need_gradient=forces)
+    if forces and batch.grad_scale is not None:  # raw rows (streamed): dE/dB = dE/dx / scale
+        dedx = dedx * batch.grad_scale
+    energy = e_atom.new_zeros(batch.n_configs).index_add(0, batch.atom_config, e_atom)
+    de = energy - batch.energy
+    total = torch.dot(batch.w_energy, de * de)
+    if forces:
+        rows = grad.index_select(0, batch.row_ids)
+        contrib = (dedx.index_select(0, batch.row_i) * rows).sum(1)
+        force = e_atom.new_zeros(batch.force.shape[0]).index_add(0, batch.row_ja, contrib)
+        df = force - batch.force
+        total = total + torch.dot(batch.w_force, df * df)
+    return total
+
+
+@torch.no_grad()
+def set_loss_sum(model, store, batch_size=None):
+    """Sum of the per-configuration losses over a store (0 when it is empty); no graph is built."""
+    total = 0.0
+    if store is None or len(store) == 0:
+        return total
+    model.eval()
+    order = np.arange(len(store))
+    for prepared, batches in store.epoch(order, batch_size or len(store)):
+        for b in batches:
+            total = total + batch_loss_sum(model, b, prepared.grad)
+    return total
+
+
+def set_loss(model, store, n_configs, batch_size=None, device="cpu"):
+    """L over the ``n_configs`` configurations of a set, of which ``store`` holds this rank's
+    share (all of them in one process); nan for an empty set."""
+    if not n_configs:
+        return float("nan")
+    return sum_across([set_loss_sum(model, store, batch_size)], device)[0] / n_configs
+
+
+def big_batch(store, at_least):
+    """Configurations per batch that fill a streamed chunk (for graph-free evaluation)."""
+    if store is None or not len(store):
+        return at_least
+    return max(at_least, int(store.chunk_bytes // max(1, int(store.config_bytes.max()))))

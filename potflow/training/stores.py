@@ -1,0 +1,309 @@
+"""Configurations ready for the network, in memory or streamed from disk.
+
+A ``PreparedSet`` holds configurations ready for the network: standardised descriptors
+x = (B - shift) / scale (one-hot columns appended for option 3) and descriptor gradients
+pre-multiplied by -1/scale, so that F_j^a = sum_rows dE/dx_i . g_row. Its ``batches`` makes the
+index tensors of a whole epoch in one vectorised pass (no Python loop over atoms or configs).
+
+Stores (``make_store``): ``MemoryStore`` prepares a whole set once (on the training device);
+``StreamStore`` reads consecutive batches from the memory-mapped folders in chunks of bounded
+size while the previous chunk trains, and drops the mapped pages it has read, so that resident
+memory follows ``pytorch.memory_budget_mb`` rather than the data set.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from potflow.training.datasets import batch_sizes, concat_ranges, read_config_rows
+
+
+class Batch:
+    """Tensors of one batch (index tensors count atoms within the batch).
+
+    ``grad_scale`` is None when the set's gradient rows are pre-multiplied by -1/scale;
+    otherwise (streamed raw rows) it holds -1/scale of each atom's element, (A_b, K).
+    """
+
+    __slots__ = (
+        "x", "counts", "atom_config", "n_configs", "energy", "w_energy", "force", "w_force",
+        "row_ids", "row_i", "row_ja", "grad_scale",
+    )  # fmt: skip
+
+    def __init__(self, **kw):
+        self.grad_scale = None
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class PreparedSet:
+    """Standardised inputs and scaled gradients of some configurations, on the training device.
+
+    Host arrays (numpy) describe the layout; ``x`` (A, Kx), ``grad`` (R, K) and ``force``
+    (A, 3) are tensors on ``device``. Gradient rows keep the within-set atom numbers of
+    their atom i and of the displaced atom j (and the direction a). With ``pin`` and a CUDA
+    device the host copies are page-locked and sent without waiting (streamed chunks).
+    """
+
+    def __init__(self, cs, shift, scale, option, dtype, device, pin=False, raw_gradients=False):
+        data = cs.data
+        self.option, self.n_el = option, len(data.elements)
+        self.device, self.dtype = torch.device(device), dtype
+        self.K = K = data.num_desc
+        kx = K + (self.n_el if option == 3 else 0)
+        self.n_configs = M = len(cs)
+        self.natoms, self.nrows = cs.natoms.astype(np.int64), cs.nrows.astype(np.int64)
+        self.atom_start = np.concatenate([[0], np.cumsum(self.natoms)[:-1]]).astype(np.int64)
+        self.row_start = np.concatenate([[0], np.cumsum(self.nrows)[:-1]]).astype(np.int64)
+        A, R = int(self.natoms.sum()), int(self.nrows.sum())
+        t = data.table
+        self.energy = t["energy"][cs.ids]
+        self.w_energy = t["ew"][cs.ids] / self.natoms.astype(float) ** 2
+        self.w_force = t["fw"][cs.ids] / (3.0 * self.natoms)
+        self.has_forces = R > 0 and bool(np.any(self.w_force > 0))
+        shift = np.asarray(shift, dtype=np.float64)
+        scale = np.asarray(scale, dtype=np.float64)
+        pin = pin and self.device.type == "cuda"
+        # raw rows: dB/dR as stored; each batch carries -1/scale per atom instead (see Batch)
+        self.raw_gradients = raw_gradients
+        self.grad_scale = torch.as_tensor(-1.0 / scale, dtype=dtype) if raw_gradients else None
+        x = torch.empty((A, kx), dtype=dtype, pin_memory=pin)
+        grad = torch.empty((R, K), dtype=dtype, pin_memory=pin)
+        force = torch.empty((A, 3), dtype=dtype, pin_memory=pin)
+        self.types = np.empty(A, np.int64)
+        self.row_i = np.empty(R, np.int32)
+        self.row_j = np.empty(R, np.int32)
+        self.row_a = np.empty(R, np.int8)
+        for g, local, pos in cs.pieces():
+            if raw_gradients and bool(np.all(np.diff(pos) == 1)):  # consecutive in this set
+                self._read_raw(g, local, pos, shift, scale, x, grad, force)
+                continue
+            atoms = concat_ranges(g.atom_start[local], g.natoms[local])
+            a0 = self.atom_start[pos]
+            dst = concat_ranges(a0, g.natoms[local])
+            types = g.types[atoms]
+            self.types[dst] = types
+            B = np.asarray(g.arrays["descriptors"][atoms], dtype=np.float64)
+            xs = (B - shift[types]) / scale[types]
+            if option == 3:
+                xs = np.concatenate([xs, np.eye(self.n_el)[types]], axis=1)
+            x[torch.from_numpy(dst)] = torch.from_numpy(xs).to(dtype)
+            force[torch.from_numpy(dst)] = torch.from_numpy(np.asarray(g.arrays["force_target"][atoms])).to(dtype)
+            if R == 0:
+                continue
+            rows = concat_ranges(g.row_start[local], g.nrows[local])
+            rdst = concat_ranges(self.row_start[pos], g.nrows[local])
+            idx = np.asarray(g.arrays["grad_index"][rows], dtype=np.int64)
+            shift_rows = np.repeat(a0, g.nrows[local])
+            gi = idx[:, 0] + shift_rows
+            self.row_i[rdst] = gi
+            self.row_j[rdst] = idx[:, 1] + shift_rows
+            self.row_a[rdst] = idx[:, 2]
+            if raw_gradients:
+                grad[torch.from_numpy(rdst)] = torch.from_numpy(np.asarray(g.arrays["grad_values"][rows])).to(dtype)
+                continue
+            # F_j^a = -sum_i dE/dB_i . dB_i/dR_j^a and dE/dB = dE/dx / scale
+            gv = np.asarray(g.arrays["grad_values"][rows], dtype=np.float64)
+            gv /= -scale[self.types[gi]]
+            grad[torch.from_numpy(rdst)] = torch.from_numpy(gv).to(dtype)
+            del gv
+            g.release_pages()  # keep only the prepared copy resident
+        if raw_gradients:
+            cs.data.release_pages()
+        self.x = x.to(self.device, non_blocking=pin)
+        self.grad = grad.to(self.device, non_blocking=pin)
+        self.force = force.to(self.device, non_blocking=pin)
+        self.M, self.A, self.R = M, A, R
+
+    def _read_raw(self, g, local, pos, shift, scale, x, grad, force):
+        """One piece whose configurations sit one after another in this set, read straight from
+        the files into place (raw gradient rows: no float64 copy, no division)."""
+        a0, a1 = int(self.atom_start[pos[0]]), int(self.atom_start[pos[-1]] + self.natoms[pos[-1]])
+        r0 = int(self.row_start[pos[0]])
+        r1 = r0 + int(self.nrows[pos].sum())
+        atom_starts, natoms = g.atom_start[local], g.natoms[local]
+        types = g.types[concat_ranges(atom_starts, natoms)]
+        self.types[a0:a1] = types
+        B = read_config_rows(g.arrays["descriptors"], atom_starts, natoms, np.empty((a1 - a0, self.K), np.float64))
+        xs = (B - shift[types]) / scale[types]
+        if self.option == 3:
+            xs = np.concatenate([xs, np.eye(self.n_el)[types]], axis=1)
+        x[a0:a1] = torch.from_numpy(xs)
+        f = read_config_rows(g.arrays["force_target"], atom_starts, natoms, np.empty((a1 - a0, 3), np.float64))
+        force[a0:a1] = torch.from_numpy(f)
+        if r1 == r0:
+            return
+        row_starts, nrows = g.row_start[local], g.nrows[local]
+        idx = read_config_rows(g.arrays["grad_index"], row_starts, nrows, np.empty((r1 - r0, 3), np.int32))
+        first = np.repeat(self.atom_start[pos], nrows)  # within-config atom numbers -> within-set
+        self.row_i[r0:r1] = idx[:, 0] + first
+        self.row_j[r0:r1] = idx[:, 1] + first
+        self.row_a[r0:r1] = idx[:, 2]
+        out = grad[r0:r1].numpy()
+        src = g.arrays["grad_values"]
+        if src.dtype == out.dtype:
+            read_config_rows(src, row_starts, nrows, out)
+        else:
+            out[...] = read_config_rows(src, row_starts, nrows, np.empty((r1 - r0, self.K), src.dtype))
+
+    def batches(self, order, batch_size):
+        """The batches of one pass over the configurations in ``order``, built in one go
+        (``batch_size``: an int, or the size of each batch, see ``batch_sizes``)."""
+        order = np.asarray(order, dtype=np.int64)
+        M, dev = len(order), self.device
+        sizes = batch_sizes(M, batch_size)
+        starts = np.cumsum(sizes) - sizes
+        nb = len(starts)
+        cb = np.repeat(np.arange(nb), sizes)
+        nat, nr = self.natoms[order], self.nrows[order]
+        atom_ids = concat_ranges(self.atom_start[order], nat)
+        atom_pos = np.repeat(np.arange(M), nat)  # position of each atom's config in the pass
+        atom_batch = cb[atom_pos]
+        counts = None
+        if self.option == 2:
+            key = atom_batch * self.n_el + self.types[atom_ids]
+            perm = np.argsort(key, kind="stable")
+            atom_ids, atom_pos = atom_ids[perm], atom_pos[perm]
+            counts = np.bincount(key, minlength=nb * self.n_el).reshape(nb, self.n_el).tolist()
+        atoms_per_batch = np.bincount(atom_batch, minlength=nb)
+        first_atom = np.cumsum(atoms_per_batch) - atoms_per_batch
+        pos = np.empty(self.A, np.int64)
+        pos[atom_ids] = np.arange(len(atom_ids)) - first_atom[atom_batch]
+        atom_config = atom_pos - starts[atom_batch]
+        configs_per_batch = sizes.tolist()
+        n_atoms = atoms_per_batch.tolist()
+
+        def split(arr, sizes, dtype=None):
+            return torch.split(torch.as_tensor(arr, dtype=dtype, device=dev), sizes)
+
+        atom_ids_t = torch.as_tensor(atom_ids, device=dev)
+        xs = torch.split(self.x.index_select(0, atom_ids_t), n_atoms)
+        forces = torch.split(self.force.index_select(0, atom_ids_t).reshape(-1), [3 * n for n in n_atoms])
+        w_force = split(np.repeat(self.w_force[order][atom_pos], 3), [3 * n for n in n_atoms], self.dtype)
+        energies = split(self.energy[order], configs_per_batch, self.dtype)
+        w_energy = split(self.w_energy[order], configs_per_batch, self.dtype)
+        atom_configs = split(atom_config, n_atoms)
+        grad_scales = [None] * nb
+        if self.raw_gradients and self.has_forces:
+            types_t = torch.as_tensor(self.types[atom_ids], device=dev)
+            grad_scales = torch.split(self.grad_scale.to(dev).index_select(0, types_t), n_atoms)
+        if self.has_forces:
+            row_ids = concat_ranges(self.row_start[order], nr)
+            rows_per_batch = np.add.reduceat(nr, starts).tolist() if M else []
+            row_i = pos[self.row_i[row_ids]]
+            row_ja = pos[self.row_j[row_ids]] * 3 + self.row_a[row_ids]
+            row_ids_s, row_i_s, row_ja_s = (split(a, rows_per_batch) for a in (row_ids, row_i, row_ja))
+        else:
+            row_ids_s = row_i_s = row_ja_s = [None] * nb
+        return [
+            Batch(
+                x=xs[b], counts=counts[b] if counts else None, atom_config=atom_configs[b],
+                n_configs=configs_per_batch[b], energy=energies[b], w_energy=w_energy[b],
+                force=forces[b], w_force=w_force[b], row_ids=row_ids_s[b], row_i=row_i_s[b],
+                row_ja=row_ja_s[b], grad_scale=grad_scales[b],
+            )  # fmt: skip
+            for b in range(nb)
+        ]
+
+
+class MemoryStore:
+    """A whole set prepared once on the training device."""
+
+    streaming = False
+
+    def __init__(self, cs, shift, scale, option, dtype, device):
+        self.cs = cs
+        self.set = PreparedSet(cs, shift, scale, option, dtype, device)
+        self.has_forces = self.set.has_forces
+        cs.data.release_pages()  # the prepared copy is all that stays resident
+
+    def __len__(self):
+        return len(self.cs)
+
+    def epoch(self, order, batch_size):
+        """(prepared set, batches) pairs covering one pass in ``order``."""
+        yield self.set, self.set.batches(order, batch_size)
+
+
+class StreamStore:
+    """Reads batches from the memory-mapped folders, a chunk of consecutive batches at a time.
+
+    A chunk holds at most ``chunk_bytes`` of prepared data; the next chunk is read in a
+    background thread while the current one trains. Mapped pages are dropped after each
+    chunk so the process does not keep the files resident.
+    """
+
+    streaming = True
+
+    def __init__(self, cs, shift, scale, option, dtype, device, chunk_bytes):
+        self.cs, self.shift, self.scale = cs, shift, scale
+        self.option, self.dtype, self.device = option, dtype, device
+        self.chunk_bytes = max(1, int(chunk_bytes))
+        self.config_bytes = cs.config_bytes(dtype)
+        self.has_forces = cs.n_rows > 0 and bool(np.any(cs.data.table["fw"][cs.ids] > 0))
+
+    def __len__(self):
+        return len(self.cs)
+
+    def chunks(self, order, batch_size):
+        """Position ranges [s, e) of ``order``, whole batches each, of at most chunk_bytes."""
+        order = np.asarray(order)
+        sizes = batch_sizes(len(order), batch_size)
+        starts = np.cumsum(sizes) - sizes
+        batch_bytes = np.add.reduceat(self.config_bytes[order], starts) if len(order) else np.zeros(0)
+        out, s, acc = [], 0, 0
+        for b, nbytes in enumerate(batch_bytes.tolist()):
+            if acc and acc + nbytes > self.chunk_bytes:
+                out.append((s, int(starts[b])))
+                s, acc = int(starts[b]), 0
+            acc += nbytes
+        if len(order):
+            out.append((s, len(order)))
+        return out
+
+    def _prepare(self, order, sizes):
+        """A chunk's prepared set and its batches of ``sizes`` (run in the background thread).
+
+        The chunk's configurations are read in file order (group by group, so each group's
+        rows land in one block and are copied once, straight from the map); the batches then
+        visit them in ``order``. Gradient rows stay raw (no float64 copy, no division); on CUDA
+        the host copies are page-locked, so the upload does not hold up the reading thread."""
+        cs = self.cs
+        in_file_order = np.lexsort((cs.local[order], cs.gid[order]))
+        prepared = PreparedSet(
+            cs.take(order[in_file_order]), self.shift, self.scale, self.option, self.dtype,
+            self.device, pin=True, raw_gradients=True,
+        )  # fmt: skip
+        position = np.empty(len(order), np.int64)
+        position[in_file_order] = np.arange(len(order))
+        return prepared, prepared.batches(position, sizes)
+
+    def epoch(self, order, batch_size):
+        order = np.asarray(order)
+        chunks = self.chunks(order, batch_size)
+        sizes = batch_sizes(len(order), batch_size)
+        starts = np.cumsum(sizes) - sizes
+        with ThreadPoolExecutor(max_workers=1) as pool:
+
+            def read(k):
+                s, e = chunks[k]
+                return pool.submit(self._prepare, order[s:e], sizes[(starts >= s) & (starts < e)])
+
+            pending = read(0) if chunks else None
+            for k in range(len(chunks)):
+                prepared, batches = pending.result()
+                if k + 1 < len(chunks):
+                    pending = read(k + 1)
+                yield prepared, batches
+                del prepared, batches
+
+
+def make_store(cs, shift, scale, option, dtype, device, budget_bytes=None, stream=None):
+    """MemoryStore when the prepared set fits ``budget_bytes`` (or ``stream`` is False)."""
+    if stream is None:
+        stream = budget_bytes is not None and cs.prepared_bytes(dtype) > budget_bytes
+    if stream:
+        chunk = (budget_bytes or cs.prepared_bytes(dtype)) / 4
+        return StreamStore(cs, shift, scale, option, dtype, device, chunk)
+    return MemoryStore(cs, shift, scale, option, dtype, device)
