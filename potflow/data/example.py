@@ -16,7 +16,7 @@ from ase.build import bcc100, bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from potflow.fileio import atomic_path, write_text
-from potflow.lammps.session import lammps_frame, open_lammps, potentials_dir
+from potflow.lammps.session import create_cell, open_lammps, potentials_dir
 
 POTENTIAL = "Ta06A.snap"
 
@@ -58,28 +58,16 @@ class Ta06ALabeller:
         self.lmp = open_lammps()
 
     def _setup(self, atoms):
-        lower, T = lammps_frame(atoms.cell[:])
-        (ax, _, _), (bx, by, _), (cx, cy, cz) = (map(float, row) for row in lower)
         lmp = self.lmp
         lmp.command("clear")
+        T = create_cell(lmp, atoms.positions, atoms.cell[:], [True] * 3, [0] * len(atoms), 1)
         lmp.commands_string(
-            f"""units metal
-atom_style atomic
-atom_modify map array sort 0 0.0
-boundary p p p
-region box prism 0 {ax!r} 0 {by!r} 0 {cz!r} {bx!r} {cx!r} {cy!r} units box
-create_box 1 box
-mass 1 180.94788
+            f"""mass 1 180.94788
 include {potentials_dir() / POTENTIAL}
+compute virial all pressure NULL virial
+thermo_style custom step pe c_virial[*]
 """
         )
-        n = len(atoms)
-        pos = atoms.positions @ T.T
-        lmp.create_atoms(n, list(range(1, n + 1)), [1] * n, pos.ravel().tolist())
-        if lmp.get_natoms() != n:
-            raise RuntimeError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms")
-        lmp.command("compute virial all pressure NULL virial")
-        lmp.command("thermo_style custom step pe c_virial[*]")
         return T
 
     def label(self, atoms):

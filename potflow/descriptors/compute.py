@@ -16,7 +16,7 @@ from potflow.descriptors.snap_index import num_descriptors
 from potflow.errors import PotflowInputError
 from potflow.fileio import atomic_directory, write_json
 from potflow.hashing import settings_hash
-from potflow.lammps.session import lammps_frame, open_lammps
+from potflow.lammps.session import create_cell, open_lammps
 
 
 class SnapCalculator:
@@ -45,31 +45,13 @@ class SnapCalculator:
 
     def _setup(self, positions, cell, pbc, types):
         ref = self.cfg["reference"]
-        lower, T = lammps_frame(cell)
-        pos = positions @ T.T
-        (ax, _, _), (bx, by, _), (cx, cy, cz) = (map(float, row) for row in lower)
-        bound = " ".join("p" if p else "s" for p in pbc)
         lmp = self.lmp
         lmp.command("clear")
-        lmp.commands_string(
-            f"""units {ref["units"]}
-atom_style {ref["atom_style"]}
-atom_modify map array sort 0 0.0
-boundary {bound}
-region box prism 0 {ax!r} 0 {by!r} 0 {cz!r} {bx!r} {cx!r} {cy!r} units box
-create_box {len(self.elements)} box
-mass * 1.0
-neighbor 0.0 bin
-neigh_modify one 10000
-pair_style {ref["pair_style"]}
-"""
-        )
+        T = create_cell(lmp, positions, cell, pbc, types, len(self.elements), ref["units"], ref["atom_style"])
+        # no neighbour skin (the cutoff is exact) and room for every neighbour of dense cells
+        lmp.commands_string(f"neighbor 0.0 bin\nneigh_modify one 10000\npair_style {ref['pair_style']}\n")
         for line in ref["pair_coeff"]:
             lmp.command(f"pair_coeff {line}")
-        n = len(types)
-        lmp.create_atoms(n, list(range(1, n + 1)), [int(t) + 1 for t in types], pos.ravel().tolist())
-        if lmp.get_natoms() != n:
-            raise RuntimeError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms (atoms outside the cell?)")
         lmp.command(self._compute)
         lmp.command("run 0 post no")
         return T

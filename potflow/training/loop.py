@@ -106,7 +106,7 @@ def _announce(fit, source):
     print(
         f"potflow training: {len(fit.train_set)} train / {len(fit.val_set)} validation / "
         f"{len(fit.data.ids('test'))} test configurations, {fit.data.num_desc} descriptors, "
-        f"option {fit.model.option}, {tcfg['dtype']} on {fit.device}, "
+        f"option {int(fit.model.layout)}, {tcfg['dtype']} on {fit.device}, "
         f"{torch.get_num_threads()} thread(s), data {'streamed' if stores['stream'] else 'in memory'} "
         f"({stores['total_bytes'] / 2**20:.1f} MB{' per process' if ranks.world > 1 else ''}), start: {source}"
         + (f", {ranks.world} processes" if ranks.world > 1 else "")

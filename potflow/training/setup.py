@@ -208,7 +208,7 @@ def make_stores(fit, stream=None):
     if stream is None:
         stream = budget is not None and total_bytes > budget
     share = None if budget is None else budget // 2
-    layout, dtype, device = fit.model.option, fit.dtype, fit.device
+    layout, dtype, device = fit.model.layout, fit.dtype, fit.device
 
     def store(configs):  # (refers to no Fit: a cycle would keep the stores alive after the fit)
         return make_store(configs, shift, scale, layout, dtype, device, share, stream)

@@ -1,7 +1,7 @@
 """Configurations ready for the network, in memory or streamed from disk.
 
 A ``PreparedSet`` holds configurations ready for the network: standardised descriptors
-x = (B - shift) / scale (one-hot columns appended for option 3) and descriptor gradients
+x = (B - shift) / scale (one-hot columns appended where the model's ``ElementLayout`` asks) and descriptor gradients
 pre-multiplied by -1/scale, so that F_j^a = sum_rows dE/dx_i . g_row. Its ``batches`` makes the
 index tensors of a whole epoch in one vectorised pass (no Python loop over atoms or configs).
 
@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from potflow.models.network import ElementLayout
 from potflow.training.datasets import batch_sizes, concat_ranges, read_config_rows
 
 
@@ -46,12 +47,13 @@ class PreparedSet:
     device the host copies are page-locked and sent without waiting (streamed chunks).
     """
 
-    def __init__(self, cs, shift, scale, option, dtype, device, pin=False, raw_gradients=False):
+    def __init__(self, cs, shift, scale, layout, dtype, device, pin=False, raw_gradients=False):
         data = cs.data
-        self.option, self.n_el = option, len(data.elements)
+        # the model's layout decides the inputs: one-hot columns, atoms grouped by element
+        self.layout, self.n_el = ElementLayout(int(layout)), len(data.elements)
         self.device, self.dtype = torch.device(device), dtype
         self.K = K = data.num_desc
-        kx = K + (self.n_el if option == 3 else 0)
+        kx = self.layout.input_width(K, self.n_el)
         self.n_configs = M = len(cs)
         self.natoms, self.nrows = cs.natoms.astype(np.int64), cs.nrows.astype(np.int64)
         self.atom_start = np.concatenate([[0], np.cumsum(self.natoms)[:-1]]).astype(np.int64)
@@ -86,7 +88,7 @@ class PreparedSet:
             self.types[dst] = types
             B = np.asarray(g.arrays["descriptors"][atoms], dtype=np.float64)
             xs = (B - shift[types]) / scale[types]
-            if option == 3:
+            if self.layout.one_hot_input:
                 xs = np.concatenate([xs, np.eye(self.n_el)[types]], axis=1)
             x[torch.from_numpy(dst)] = torch.from_numpy(xs).to(dtype)
             force[torch.from_numpy(dst)] = torch.from_numpy(np.asarray(g.arrays["force_target"][atoms])).to(dtype)
@@ -127,7 +129,7 @@ class PreparedSet:
         self.types[a0:a1] = types
         B = read_config_rows(g.arrays["descriptors"], atom_starts, natoms, np.empty((a1 - a0, self.K), np.float64))
         xs = (B - shift[types]) / scale[types]
-        if self.option == 3:
+        if self.layout.one_hot_input:
             xs = np.concatenate([xs, np.eye(self.n_el)[types]], axis=1)
         x[a0:a1] = torch.from_numpy(xs)
         f = read_config_rows(g.arrays["force_target"], atom_starts, natoms, np.empty((a1 - a0, 3), np.float64))
@@ -161,7 +163,7 @@ class PreparedSet:
         atom_pos = np.repeat(np.arange(M), nat)  # position of each atom's config in the pass
         atom_batch = cb[atom_pos]
         counts = None
-        if self.option == 2:
+        if self.layout.per_element_networks:
             key = atom_batch * self.n_el + self.types[atom_ids]
             perm = np.argsort(key, kind="stable")
             atom_ids, atom_pos = atom_ids[perm], atom_pos[perm]
@@ -212,9 +214,9 @@ class MemoryStore:
 
     streaming = False
 
-    def __init__(self, cs, shift, scale, option, dtype, device):
+    def __init__(self, cs, shift, scale, layout, dtype, device):
         self.cs = cs
-        self.set = PreparedSet(cs, shift, scale, option, dtype, device)
+        self.set = PreparedSet(cs, shift, scale, layout, dtype, device)
         self.has_forces = self.set.has_forces
         cs.data.release_pages()  # the prepared copy is all that stays resident
 
@@ -236,9 +238,9 @@ class StreamStore:
 
     streaming = True
 
-    def __init__(self, cs, shift, scale, option, dtype, device, chunk_bytes):
+    def __init__(self, cs, shift, scale, layout, dtype, device, chunk_bytes):
         self.cs, self.shift, self.scale = cs, shift, scale
-        self.option, self.dtype, self.device = option, dtype, device
+        self.layout, self.dtype, self.device = layout, dtype, device
         self.chunk_bytes = max(1, int(chunk_bytes))
         self.config_bytes = cs.config_bytes(dtype)
         self.has_forces = cs.n_rows > 0 and bool(np.any(cs.data.table["fw"][cs.ids] > 0))
@@ -272,7 +274,7 @@ class StreamStore:
         cs = self.cs
         in_file_order = np.lexsort((cs.local[order], cs.gid[order]))
         prepared = PreparedSet(
-            cs.take(order[in_file_order]), self.shift, self.scale, self.option, self.dtype,
+            cs.take(order[in_file_order]), self.shift, self.scale, self.layout, self.dtype,
             self.device, pin=True, raw_gradients=True,
         )  # fmt: skip
         position = np.empty(len(order), np.int64)
@@ -299,11 +301,13 @@ class StreamStore:
                 del prepared, batches
 
 
-def make_store(cs, shift, scale, option, dtype, device, budget_bytes=None, stream=None):
-    """MemoryStore when the prepared set fits ``budget_bytes`` (or ``stream`` is False)."""
+def make_store(cs, shift, scale, layout, dtype, device, budget_bytes=None, stream=None):
+    """MemoryStore when the prepared set fits ``budget_bytes`` (or ``stream`` is False).
+
+    ``layout``: the model's ``ElementLayout`` (or its ``multi_element_option`` number)."""
     if stream is None:
         stream = budget_bytes is not None and cs.prepared_bytes(dtype) > budget_bytes
     if stream:
         chunk = (budget_bytes or cs.prepared_bytes(dtype)) / 4
-        return StreamStore(cs, shift, scale, option, dtype, device, chunk)
-    return MemoryStore(cs, shift, scale, option, dtype, device)
+        return StreamStore(cs, shift, scale, layout, dtype, device, chunk)
+    return MemoryStore(cs, shift, scale, layout, dtype, device)
