@@ -22,3 +22,7 @@ def shared_data():
 @pytest.fixture(scope="session")
 def repo_root():
     return ROOT
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (python -m pytest -m gpu on a GPU machine)")

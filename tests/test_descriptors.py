@@ -323,3 +323,45 @@ def test_dense_cell_with_long_reference_cutoff(shared_data):
         calc.close()
     assert np.all(np.isfinite(B)) and np.all(np.isfinite(values)) and e_ref > 0
     np.testing.assert_allclose(f_ref, 0.0, atol=1e-4)  # fcc, positions rounded in the file
+
+
+@pytest.mark.parametrize("base,types_cycle", [(TA, [0]), (WBE_CHEM, [0, 1, 1])], ids=["Ta", "W-Be-chemflag"])
+def test_descriptors_and_network_are_invariant_under_rotation_and_translation(base, types_cycle):
+    """Rotating and translating a whole configuration leaves every descriptor, and so the
+    network's energy, unchanged, and rotates its forces with it (F' = R F).
+
+    Checked to bite: with the rotation of the gradient rows back to the input frame skipped
+    in ``SnapCalculator.compute`` (its ``np.einsum``), the forces differ by 4-5 eV/A.
+    """
+    import torch
+
+    from potflow.models.network import AtomicEnergyModel, predict
+
+    cfg = config(base)
+    positions, cell, types = structure(SHEARED, (2, 2, 1), types_cycle, seed=11)
+    rot = Rotation.from_euler("zyx", [0.9, -0.3, 2.2]).as_matrix()
+    shift = np.array([0.37, -1.21, 2.05])
+    pbc = np.ones(3, bool)
+    calc = SnapCalculator(cfg)
+    try:
+        B, _, _, index, values = calc.compute(positions, cell, pbc, types)
+        B2, _, _, index2, values2 = calc.compute(positions @ rot.T + shift, cell @ rot.T, pbc, types)
+    finally:
+        calc.close()
+    np.testing.assert_allclose(B2, B, rtol=0, atol=1e-10 * np.abs(B).max())
+
+    torch.manual_seed(0)
+    n_el, K = len(cfg["bispectrum"]["type"]), B.shape[1]
+    model = AtomicEnergyModel(K, [6, 5], cfg["bispectrum"]["type"], 2 if n_el > 1 else 1).double()
+    model.set_standardisation(B, types)
+
+    def energy_and_forces(b, idx, val):
+        t = torch.as_tensor
+        e, f, _ = predict(model, t(b), t(types), t([len(types)]), t(val), t(idx))
+        return e.detach().numpy(), f.detach().numpy()
+
+    e1, f1 = energy_and_forces(B, index, values)
+    e2, f2 = energy_and_forces(B2, index2, values2)
+    assert np.abs(f1).max() > 1e-2, "forces should not vanish in a displaced structure"
+    np.testing.assert_allclose(e2, e1, rtol=1e-11)
+    np.testing.assert_allclose(f2, f1 @ rot.T, rtol=0, atol=1e-9)
