@@ -26,3 +26,21 @@ def repo_root():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (python -m pytest -m gpu on a GPU machine)")
+
+
+@pytest.fixture(scope="module")
+def ta(tmp_path_factory):
+    """One element (Ta), two synthetic groups of 12 and 9 configurations: (config, folders)."""
+    from synthetic import base_config, make_groups
+
+    cfg = base_config()
+    return cfg, make_groups(tmp_path_factory.mktemp("ta"), cfg, [12, 9])
+
+
+@pytest.fixture(scope="module")
+def tawb(tmp_path_factory):
+    """Two elements (Ta, W), two synthetic groups of 10 and 8 configurations."""
+    from synthetic import base_config, make_groups
+
+    cfg = base_config(("Ta", "W"))
+    return cfg, make_groups(tmp_path_factory.mktemp("tawb"), cfg, [10, 8], seed=5)

@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from test_training import base_config, make_groups, paths, with_pytorch
+from synthetic import paths, with_pytorch
 
 from potflow.models.files import load_model
 from potflow.models.network import AtomicEnergyModel, predict
@@ -31,18 +31,6 @@ pytestmark = [
         reason="no CUDA device here: the gpu tests run on a GPU machine (python -m pytest -m gpu)",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def ta(tmp_path_factory):
-    cfg = base_config()
-    return cfg, make_groups(tmp_path_factory.mktemp("ta"), cfg, [12, 9])
-
-
-@pytest.fixture(scope="module")
-def tawb(tmp_path_factory):
-    cfg = base_config(("Ta", "W"))
-    return cfg, make_groups(tmp_path_factory.mktemp("tawb"), cfg, [10, 8], seed=5)
 
 
 def test_short_fit_on_the_device(ta, tmp_path, capsys):

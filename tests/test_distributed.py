@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from test_training import base_config, make_groups, paths, synthetic_xyz, with_pytorch
+from synthetic import base_config, make_groups, paths, synthetic_xyz, with_pytorch
 
 from potflow.models.files import load_model
 from potflow.training.checkpoints import read_checkpoint

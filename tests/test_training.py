@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from synthetic import paths, same_weights, state, synthetic_xyz, with_pytorch
 
 from potflow.config.load import prepare_config
 from potflow.data.splits import split_group
@@ -23,100 +24,9 @@ from potflow.models.files import load_model
 from potflow.models.network import predict
 from potflow.training.checkpoints import read_checkpoint
 from potflow.training.datasets import FitData, concat_ranges
-from potflow.training.loop import TrainPaths, train
+from potflow.training.loop import train
 from potflow.training.loss import batch_loss_sum
 from potflow.training.stores import PreparedSet, make_store
-
-# ----------------------------------------------------------------------------- synthetic data
-
-
-def synthetic_xyz(path, n_configs, elements, seed, repeat=2):
-    """bcc supercells with random displacements, labelled by a smooth Lennard-Jones potential."""
-    from ase.build import bulk
-    from ase.calculators.lj import LennardJones
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.io import write
-
-    rng = np.random.default_rng(seed)
-    frames = []
-    for m in range(n_configs):
-        a = 3.3 * (1 + rng.uniform(-0.04, 0.04))
-        atoms = bulk("Ta", "bcc", a=a, cubic=True).repeat(repeat)
-        atoms.set_chemical_symbols(rng.choice(elements, len(atoms)).tolist())
-        atoms.positions += rng.normal(0, 0.06 + 0.02 * (m % 3), atoms.positions.shape)
-        atoms.calc = LennardJones(sigma=2.6, epsilon=0.2, rc=4.6, smooth=True)
-        e, f = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = SinglePointCalculator(atoms, energy=e - 8.0 * len(atoms), forces=f)
-        frames.append(atoms)
-    write(path, frames, format="extxyz")
-
-
-def base_config(elements=("Ta",), **pytorch):
-    n = len(elements)
-    cfg = {
-        "bispectrum": {
-            "numTypes": n, "type": list(elements), "twojmax": 2, "rcutfac": 4.6,
-            "wj": [1.0, 0.9][:n], "radelem": [0.5, 0.45][:n],
-        },
-        "groups": {"defaults": {"training_size": 0.7, "testing_size": 0.3}},
-        "pytorch": {
-            "layer_sizes": ["num_desc", 8, 8, 1], "learning_rate": 2e-3, "num_epochs": 4,
-            "batch_size": 3, "energy_weight": 1.0, "force_weight": 1.0, "dtype": "float64",
-            **pytorch,
-        },
-        "md": {"enabled": False},
-    }  # fmt: skip
-    return prepare_config(cfg)
-
-
-def make_groups(root, cfg, sizes, seed=0):
-    """Descriptor folders of synthetic groups named g0, g1, ... with ``sizes`` configurations."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    folders = []
-    elements = cfg["bispectrum"]["type"]
-    for k, n in enumerate(sizes):
-        xyz, npz, out = root / f"g{k}.xyz", root / f"g{k}.npz", root / "desc" / f"g{k}"
-        synthetic_xyz(xyz, n, elements, seed + k)
-        import_group(xyz, "XYZ", elements, npz)
-        compute_group_descriptors(cfg, npz, out, f"g{k}")
-        folders.append(str(out))
-    return folders
-
-
-@pytest.fixture(scope="module")
-def ta(tmp_path_factory):
-    cfg = base_config()
-    return cfg, make_groups(tmp_path_factory.mktemp("ta"), cfg, [12, 9])
-
-
-@pytest.fixture(scope="module")
-def tawb(tmp_path_factory):
-    cfg = base_config(("Ta", "W"))
-    return cfg, make_groups(tmp_path_factory.mktemp("tawb"), cfg, [10, 8], seed=5)
-
-
-def with_pytorch(cfg, **kw):
-    cfg = {k: v for k, v in cfg.items()}
-    cfg["pytorch"] = {**cfg["pytorch"], **kw}
-    return prepare_config(cfg)
-
-
-def paths(folder):
-    folder = Path(folder)
-    return TrainPaths(
-        folder / "model.pt", folder / "ckpt.pt", folder / "loss_vs_epochs.dat", folder / "split.tsv", folder / "resume.pt"
-    )
-
-
-def state(path):
-    return torch.load(path, weights_only=True)
-
-
-def same_weights(a, b):
-    sa, sb = a["model"]["state_dict"], b["model"]["state_dict"]
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
 
 # ----------------------------------------------------------------------------- split
 
@@ -500,7 +410,7 @@ def test_rule_resumes_after_a_kill(tmp_path):
     rerun = _snakemake(tmp_path, "--rerun-incomplete")
     out = rerun.communicate(timeout=300)[0]
     assert rerun.returncode == 0, out[-3000:]
-    log = (tmp_path / "results" / "fits" / "default" / "training.log").read_text()
+    log = (tmp_path / "results" / "logs" / "training" / "default" / "training.log").read_text()
     assert "start: resume state" in log and "----- epoch: 0\n" not in log
     # the same fit, run in one go, ends with the same weights
     cfg = prepare_config(raw)
