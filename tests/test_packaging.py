@@ -243,4 +243,4 @@ def test_installed_workflow_run_makes_a_report(venv, repo_root, tmp_path):
     assert len(html) > 100_000 and "</html>" in html
     # every caption renders (a caption naming a wildcard the rule lacks ends in a docutils warning)
     problems = [line for line in report.stderr.splitlines() if "WARNING/" in line or "ERROR/" in line]
-    assert not problems, problems
+    assert not problems, ("a caption of report/ does not render (a wildcard its rule lacks?)", problems)
