@@ -14,6 +14,7 @@ from potflow.descriptors.settings import descriptor_key
 from potflow.errors import PotflowInputError
 from potflow.fileio import write_json
 from potflow.training.loop import TrainPaths
+from potflow.workflow import layout
 
 
 def write_job(path, cfg, folders, paths):
@@ -40,7 +41,7 @@ def run_torchrun(nproc, cfg, folders, paths):
 
     fit_dir = Path(paths.model).parent
     fit_dir.mkdir(parents=True, exist_ok=True)
-    job = fit_dir / ".train_job.json"
+    job = Path(layout.torchrun_job(fit_dir))
     write_job(job, cfg, folders, paths)
     cmd = torchrun_command(nproc, job)
     print("running:", " ".join(cmd), flush=True)
@@ -64,7 +65,7 @@ def run_torchrun(nproc, cfg, folders, paths):
         )
 
 
-def job_from_config(config_path, results="results", fit="default"):
+def job_from_config(config_path, results=layout.RESULTS, fit="default"):
     """(config, descriptor folders, TrainPaths) as the training rule lays them out."""
     # a config with fits:/sweep: names its fits; a config of one fit trains under any name
     fits = expand_fits(load_config(config_path), source=config_path)
@@ -73,17 +74,11 @@ def job_from_config(config_path, results="results", fit="default"):
     if fit not in fits:
         raise PotflowInputError(config_path, f"has no fit '{fit}' (its fits: {', '.join(fits)})")
     cfg = fits[fit]
-    results = Path(results)
     key = descriptor_key(cfg)
-    folders = [str(results / "descriptors" / key / g) for g in fit_groups(cfg)]
-    out = results / "fits" / fit
-    paths = TrainPaths(
-        model=out / "model.pt",
-        checkpoint=out / cfg["pytorch"]["save_state_output"],
-        loss=out / "loss_vs_epochs.dat",
-        split=out / "split.tsv",
-        resume=out / "resume.pt",
-    )
+    results = str(Path(results))
+    folders = [layout.descriptors(g, key, results=results) for g in fit_groups(cfg)]
+    files = layout.training_files(fit, cfg["pytorch"]["save_state_output"], results=results)
+    paths = TrainPaths(**{name: Path(path) for name, path in files.items()})
     return cfg, folders, paths
 
 
