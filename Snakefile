@@ -30,27 +30,54 @@ validate(config, "schemas/config.schema.yaml")
 report: "report/workflow.rst"
 
 
+# One rule file per stage (each uses only what the files above it define): rules/<stage>.smk
+# runs workflow_scripts/<stage>.py, which calls the stage's package in potflow/. Every path of
+# an output or a log comes from potflow/workflow/layout.py.
 include: "rules/common.smk"
-
-
-wildcard_constraints:
-    group=r"[^/]+",
-    fit=r"[^/]+",
-    dkey=r"[0-9a-f]{12}",
-
-
 include: "rules/data.smk"
 include: "rules/descriptors.smk"
 include: "rules/training.smk"
-include: "rules/evaluation_common.smk"
+include: "rules/committee.smk"
 include: "rules/evaluation.smk"
 include: "rules/export.smk"
 include: "rules/md.smk"
-include: "rules/committee.smk"
 include: "rules/sweeps.smk"
 
 
 rule all:
     default_target: True
     input:
-        all_targets(),
+        # descriptors of every group, once per descriptor settings (fits may share them)
+        [layout.descriptors(g, key) for key in DESCRIPTOR_SETTINGS for g in GROUPS],
+        # every fit; its evaluation and loss curves; its evaluation on every test set
+        [layout.model(fit) for fit in FITS],
+        [
+            layout.evaluation_files(layout.evaluation(fit, t), METRICS, cfg["extras"])
+            for fit, cfg in FITS.items()
+            for t in [None, *TEST_SETS]
+        ],
+        [
+            layout.plot(f, layout.LOSS_FIGURE, x)
+            for f in FITS
+            for x in layout.FIGURE_FORMATS
+        ],
+        # the exported potential (LAMMPS runs only the activations it knows) and its MD run
+        [
+            exported(fit, "record")
+            for fit, cfg in FITS.items()
+            if cfg["pytorch"]["activation"] in pfconfig.LAMMPS_ACTIVATIONS
+        ],
+        [
+            layout.md_file(fit, "summary")
+            for fit, cfg in FITS.items()
+            if cfg["md"]["enabled"]
+        ],
+        # several fits: the fits table and the leaderboard
+        [layout.fits_table(ext) for ext in ("tsv", "yaml") if len(FITS) > 1],
+        [layout.leaderboard(ext) for ext in layout.LEADERBOARD_FORMATS if len(FITS) > 1],
+        # committees: the uncertainty of every evaluation, the disagreement along the MD run
+        [
+            layout.committee_files(fit, TEST_SETS, cfg["md"]["enabled"])
+            for fit, cfg in FITS.items()
+            if pfsweeps.committee_size(cfg) > 1
+        ],

@@ -1,22 +1,29 @@
 # Committees (committee.members > 1): the other members' training jobs, the uncertainty figure
 # of every evaluation, and the committee's disagreement along the MD run. Member 0 is the fit's
-# own training job (model.pt); members 1..N-1 train in results/fits/{fit}/committee/member{k}/.
+# own training job (model.pt); members 1..N-1 train in folders of their own (layout.training_dir).
 
 
-wildcard_constraints:
-    member=r"[1-9][0-9]*",
+# Member numbers 1..N-1 of a fit's committee (member 0 is the fit's own model.pt).
+committee_members = lambda fit: range(1, pfsweeps.committee_size(FITS[fit]))
+# Input functions: the other members' models and splits (none without a committee).
+committee_member_models = lambda w: [
+    layout.model(w.fit, k) for k in committee_members(w.fit)
+]
+committee_member_splits = lambda w: [
+    layout.split(w.fit, k) for k in committee_members(w.fit)
+]
 
 
 use rule train as train_member with:
     output:
-        model=f"{RESULTS}/fits/{{fit}}/committee/member{{member}}/model.pt",
-        checkpoint=f"{RESULTS}/fits/{{fit}}/committee/member{{member}}/{POTFLOW['pytorch']['save_state_output']}",
-        loss=f"{RESULTS}/fits/{{fit}}/committee/member{{member}}/loss_vs_epochs.dat",
-        split=f"{RESULTS}/fits/{{fit}}/committee/member{{member}}/split.tsv",
+        model=layout.model("{fit}", "{member}"),
+        checkpoint=layout.checkpoint("{fit}", CHECKPOINT, "{member}"),
+        loss=layout.loss_history("{fit}", "{member}"),
+        split=layout.split("{fit}", "{member}"),
     log:
-        f"{RESULTS}/fits/{{fit}}/committee/member{{member}}/training.log",
+        layout.training_log("{fit}", "{member}"),
     benchmark:
-        f"{RESULTS}/logs/fits/{{fit}}/committee/member{{member}}/train_benchmark.tsv"
+        layout.training_benchmark("{fit}", "{member}")
     params:
         # the fit's training settings with the member's seed (the only difference)
         settings=lambda w: canonical_json(
@@ -25,27 +32,27 @@ use rule train as train_member with:
                 for k in TRAINING_SECTIONS
             }
         ),
-        resume=lambda w: f"{member_dir(w.fit, w.member)}/resume.pt",
+        resume=lambda w: layout.resume_state(w.fit, w.member),
 
 
 rule plot_committee:
     """Error of the committee mean against the committee's spread (PNG for the report, PDF)."""
     input:
-        "{evaldir}/evaluation.npz",
+        layout.predictions("{evaluation}"),
     output:
         png=report(
-            "{evaldir}/plots/committee_uncertainty.png",
+            layout.plot("{evaluation}", layout.COMMITTEE_FIGURE, "png"),
             caption="../report/committee_uncertainty.rst",
-            category="{evaldir}",
+            category=layout.evaluation_dir("{evaluation}"),
             labels={"figure": "committee uncertainty"},
         ),
-        pdf="{evaldir}/plots/committee_uncertainty.pdf",
+        pdf=layout.plot("{evaluation}", layout.COMMITTEE_FIGURE, "pdf"),
     log:
-        "{evaldir}/logs/committee_uncertainty.log",
+        layout.committee_log("{evaluation}", layout.COMMITTEE_FIGURE),
     conda:
         "../envs/potflow.yaml"
     params:
-        title=evaluation_title,
+        title=lambda w: layout.evaluation_title(w.evaluation),
     script:
         "../workflow_scripts/committee.py"
 
@@ -53,21 +60,21 @@ rule plot_committee:
 rule md_committee:
     """The committee's force disagreement on the MD frames; frames above the threshold as extxyz."""
     input:
-        model=f"{RESULTS}/fits/{{fit}}/model.pt",
+        model=layout.model("{fit}"),
         members=committee_member_models,
-        trajectory=f"{RESULTS}/fits/{{fit}}/md/trajectory.extxyz",
+        trajectory=layout.md_file("{fit}", "trajectory"),
     output:
-        table=f"{RESULTS}/fits/{{fit}}/md/committee.tsv",
-        candidates=f"{RESULTS}/fits/{{fit}}/md/candidates.extxyz",
-        summary=f"{RESULTS}/fits/{{fit}}/md/committee.json",
+        table=layout.md_committee_file("{fit}", "table"),
+        candidates=layout.md_committee_file("{fit}", "candidates"),
+        summary=layout.md_committee_file("{fit}", "summary"),
         plot=report(
-            f"{RESULTS}/fits/{{fit}}/md/committee_disagreement.png",
+            layout.md_committee_file("{fit}", "plot"),
             caption="../report/md_committee.rst",
             category="MD validation",
             labels={"fit": "{fit}", "figure": "committee disagreement"},
         ),
     log:
-        f"{RESULTS}/logs/md/{{fit}}.committee.log",
+        layout.committee_log("{fit}", "md"),
     conda:
         "../envs/potflow.yaml"
     threads: 1

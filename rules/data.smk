@@ -1,11 +1,15 @@
+# Data: each group's raw files (FitSNAP JSON folder or extended XYZ) read into one canonical
+# file, for the training data and for every test set (its input: group_input_files, common.smk).
+
+
 rule import_group:
     """Read one group's raw data (FitSNAP JSON folder or extended XYZ) into a canonical file."""
     input:
         group_input_files,
     output:
-        f"{RESULTS}/data/{{group}}.npz",
+        layout.structures("{group}"),
     log:
-        f"{RESULTS}/logs/import/{{group}}.log",
+        layout.import_log("{group}"),
     conda:
         "../envs/potflow.yaml"
     threads: 1
@@ -13,9 +17,16 @@ rule import_group:
         mem_mb=lambda w, input: 1000 + 10 * int(input.size_mb),
         runtime=15,
     params:
-        source=lambda w: str(pfgroups.group_source(DATA_DIR, SCRAPER, w.group)),
-        scraper=SCRAPER,
+        source=lambda w: str(group_source(w)),
+        scraper=lambda w: data_source(w.get("test_set"))[1],
         elements=pfconfig.elements(POTFLOW),
         min_distance=POTFLOW["descriptors"]["min_distance"],
     script:
-        "../workflow_scripts/import_group.py"
+        "../workflow_scripts/data.py"
+
+
+use rule import_group as import_test_group with:
+    output:
+        layout.structures("{group}", "{test_set}"),
+    log:
+        layout.import_log("{group}", "{test_set}"),

@@ -1,63 +1,28 @@
-# Evaluation of a fit and of its test sets: FitSNAP's error files, plots, report entries.
-# Helpers and paths: evaluation_common.smk.
+# Evaluation: the selected model (and committee) predicted in float64 on an evaluation's
+# configurations, then FitSNAP's error files, the figures and the report entries. An
+# evaluation ({evaluation}, layout.evaluation) is a fit's own groups (split.tsv's labels) or a
+# test set that played no part in the fit (all Test).
 
-
-wildcard_constraints:
-    evaldir=rf"{re.escape(RESULTS)}/fits/[^/]+(?:/test_sets/[^/]+)?",
-    test_set=r"[^/]+",
-
-
-rule import_test_group:
-    """Read one group of a test set (same import as the training data, own namespace)."""
-    input:
-        test_set_input_files,
-    output:
-        f"{RESULTS}/test_sets/{{test_set}}/data/{{group}}.npz",
-    log:
-        f"{RESULTS}/logs/test_sets/{{test_set}}/import/{{group}}.log",
-    conda:
-        "../envs/potflow.yaml"
-    threads: 1
-    params:
-        source=lambda w: str(pfgroups.group_source(*TEST_SETS[w.test_set], w.group)),
-        scraper=lambda w: TEST_SETS[w.test_set][1],
-        elements=pfconfig.elements(POTFLOW),
-        min_distance=POTFLOW["descriptors"]["min_distance"],
-    script:
-        "../workflow_scripts/import_group.py"
-
-
-rule test_set_descriptors:
-    """Descriptors of one test-set group, with the settings of the fit(s) that score it."""
-    input:
-        f"{RESULTS}/test_sets/{{test_set}}/data/{{group}}.npz",
-    output:
-        directory(f"{RESULTS}/test_sets/{{test_set}}/descriptors/{{dkey}}/{{group}}"),
-    log:
-        f"{RESULTS}/logs/test_sets/{{test_set}}/descriptors/{{dkey}}/{{group}}.log",
-    conda:
-        "../envs/potflow.yaml"
-    threads: 1
-    resources:
-        mem_mb=lambda w, input: 1000 + 40 * max(1, int(input.size_mb)),
-    params:
-        settings=lambda w: canonical_json(DESCRIPTOR_SETTINGS[w.dkey]),
-    script:
-        "../workflow_scripts/compute_descriptors.py"
+# One metrics file name for every fit (FitSNAP's outfile.metrics).
+METRICS = POTFLOW["outfile"]["metrics"]
+if any(cfg["outfile"]["metrics"] != METRICS for cfg in FITS.values()):
+    raise PotflowInputError(
+        "config", "field 'outfile.metrics' must be the same for every fit"
+    )
 
 
 rule evaluate_fit:
     """Float64 predictions of the selected model on every configuration of the fit's split."""
     input:
-        model=f"{RESULTS}/fits/{{fit}}/model.pt",
-        split=f"{RESULTS}/fits/{{fit}}/split.tsv",
-        descriptors=fit_descriptor_dirs,
+        model=layout.model("{fit}"),
+        split=layout.split("{fit}"),
+        descriptors=lambda w: descriptor_dirs(w.fit),
         members=committee_member_models,
         member_splits=committee_member_splits,
     output:
-        f"{RESULTS}/fits/{{fit}}/evaluation.npz",
+        layout.predictions("{fit}"),
     log:
-        f"{RESULTS}/logs/fits/{{fit}}/evaluate.log",
+        layout.evaluation_log("{fit}", "evaluate"),
     conda:
         "../envs/potflow.yaml"
     threads: 1
@@ -65,19 +30,19 @@ rule evaluate_fit:
         config=lambda w: FITS[w.fit],
         groups=GROUPS,
     script:
-        "../workflow_scripts/evaluate.py"
+        "../workflow_scripts/evaluation.py"
 
 
 rule evaluate_test_set:
     """Score the trained model on a test set; reads model.pt only (never trains)."""
     input:
-        model=f"{RESULTS}/fits/{{fit}}/model.pt",
-        descriptors=test_set_descriptor_dirs,
+        model=layout.model("{fit}"),
+        descriptors=lambda w: descriptor_dirs(w.fit, w.test_set),
         members=committee_member_models,
     output:
-        f"{RESULTS}/fits/{{fit}}/test_sets/{{test_set}}/evaluation.npz",
+        layout.predictions(layout.evaluation("{fit}", "{test_set}")),
     log:
-        f"{RESULTS}/logs/fits/{{fit}}/test_sets/{{test_set}}/evaluate.log",
+        layout.evaluation_log(layout.evaluation("{fit}", "{test_set}"), "evaluate"),
     conda:
         "../envs/potflow.yaml"
     threads: 1
@@ -85,134 +50,138 @@ rule evaluate_test_set:
         config=lambda w: FITS[w.fit],
         groups=lambda w: TEST_GROUPS[w.test_set],
     script:
-        "../workflow_scripts/evaluate_test_set.py"
+        "../workflow_scripts/evaluation.py"
 
 
 rule evaluation_metrics:
     """FitSNAP's metrics file (outfile.metrics) and an HTML copy for the report."""
     input:
-        "{evaldir}/evaluation.npz",
+        layout.predictions("{evaluation}"),
     output:
-        metrics=f"{{evaldir}}/{METRICS}",
+        metrics=layout.metrics("{evaluation}", METRICS),
         html=report(
-            "{evaldir}/metrics.html",
+            layout.metrics_html("{evaluation}"),
             caption="../report/metrics.rst",
-            category="{evaldir}",
+            category=layout.evaluation_dir("{evaluation}"),
             labels={"figure": "metrics table"},
         ),
     log:
-        "{evaldir}/logs/metrics.log",
+        layout.evaluation_log("{evaluation}", "metrics"),
     conda:
         "../envs/potflow.yaml"
     params:
-        title=lambda w: f"Errors, {evaluation_title(w)}",
+        title=lambda w: f"Errors, {layout.evaluation_title(w.evaluation)}",
     script:
-        "../workflow_scripts/evaluate.py"
+        "../workflow_scripts/evaluation.py"
 
 
 rule evaluation_perconfig:
     """perconfig.dat (extras.dump_perconfig)."""
     input:
-        "{evaldir}/evaluation.npz",
+        layout.predictions("{evaluation}"),
     output:
-        "{evaldir}/perconfig.dat",
+        layout.error_file("{evaluation}", "dump_perconfig"),
     log:
-        "{evaldir}/logs/perconfig.log",
+        layout.evaluation_log("{evaluation}", "perconfig"),
     conda:
         "../envs/potflow.yaml"
     script:
-        "../workflow_scripts/evaluate.py"
+        "../workflow_scripts/evaluation.py"
 
 
 rule evaluation_peratom:
     """peratom.dat (extras.dump_peratom)."""
     input:
-        "{evaldir}/evaluation.npz",
+        layout.predictions("{evaluation}"),
     output:
-        "{evaldir}/peratom.dat",
+        layout.error_file("{evaluation}", "dump_peratom"),
     log:
-        "{evaldir}/logs/peratom.log",
+        layout.evaluation_log("{evaluation}", "peratom"),
     conda:
         "../envs/potflow.yaml"
     script:
-        "../workflow_scripts/evaluate.py"
+        "../workflow_scripts/evaluation.py"
 
 
 rule evaluation_configs:
     """configs.pickle (extras.dump_configs): structure, descriptors, targets, predictions."""
     input:
-        unpack(evaluation_sources),
-        evaluation="{evaldir}/evaluation.npz",
+        # the descriptors and structures behind the evaluation's configurations
+        descriptors=lambda w: descriptor_dirs(*layout.parse_evaluation(w.evaluation)),
+        structures=lambda w: structure_files(layout.parse_evaluation(w.evaluation)[1]),
+        evaluation=layout.predictions("{evaluation}"),
     output:
-        "{evaldir}/configs.pickle",
+        layout.error_file("{evaluation}", "dump_configs"),
     log:
-        "{evaldir}/logs/configs.log",
+        layout.evaluation_log("{evaluation}", "configs"),
     conda:
         "../envs/potflow.yaml"
     script:
-        "../workflow_scripts/evaluate.py"
+        "../workflow_scripts/evaluation.py"
 
 
 rule plot_evaluation:
     """Parity plots, per-group errors and the force-error histogram (PNG for the report, PDF)."""
     input:
-        "{evaldir}/evaluation.npz",
+        layout.predictions("{evaluation}"),
     output:
         energy_parity_png=report(
-            "{evaldir}/plots/energy_parity.png",
+            layout.plot("{evaluation}", "energy_parity", "png"),
             caption="../report/energy_parity.rst",
-            category="{evaldir}",
+            category=layout.evaluation_dir("{evaluation}"),
             labels={"figure": "energy parity"},
         ),
         force_parity_png=report(
-            "{evaldir}/plots/force_parity.png",
+            layout.plot("{evaluation}", "force_parity", "png"),
             caption="../report/force_parity.rst",
-            category="{evaldir}",
+            category=layout.evaluation_dir("{evaluation}"),
             labels={"figure": "force parity"},
         ),
         group_errors_png=report(
-            "{evaldir}/plots/group_errors.png",
+            layout.plot("{evaluation}", "group_errors", "png"),
             caption="../report/group_errors.rst",
-            category="{evaldir}",
+            category=layout.evaluation_dir("{evaluation}"),
             labels={"figure": "group errors"},
         ),
         force_error_histogram_png=report(
-            "{evaldir}/plots/force_error_histogram.png",
+            layout.plot("{evaluation}", "force_error_histogram", "png"),
             caption="../report/force_error_histogram.rst",
-            category="{evaldir}",
+            category=layout.evaluation_dir("{evaluation}"),
             labels={"figure": "force error histogram"},
         ),
-        energy_parity_pdf="{evaldir}/plots/energy_parity.pdf",
-        force_parity_pdf="{evaldir}/plots/force_parity.pdf",
-        group_errors_pdf="{evaldir}/plots/group_errors.pdf",
-        force_error_histogram_pdf="{evaldir}/plots/force_error_histogram.pdf",
+        energy_parity_pdf=layout.plot("{evaluation}", "energy_parity", "pdf"),
+        force_parity_pdf=layout.plot("{evaluation}", "force_parity", "pdf"),
+        group_errors_pdf=layout.plot("{evaluation}", "group_errors", "pdf"),
+        force_error_histogram_pdf=layout.plot(
+            "{evaluation}", "force_error_histogram", "pdf"
+        ),
     log:
-        "{evaldir}/logs/plots.log",
+        layout.evaluation_log("{evaluation}", "plots"),
     conda:
         "../envs/potflow.yaml"
     params:
-        title=evaluation_title,
+        title=lambda w: layout.evaluation_title(w.evaluation),
     script:
-        "../workflow_scripts/plots.py"
+        "../workflow_scripts/evaluation.py"
 
 
 rule plot_loss:
     """Training and validation loss per epoch (log scale)."""
     input:
-        f"{RESULTS}/fits/{{fit}}/loss_vs_epochs.dat",
+        layout.loss_history("{fit}"),
     output:
         png=report(
-            f"{RESULTS}/fits/{{fit}}/plots/loss_curves.png",
+            layout.plot("{fit}", layout.LOSS_FIGURE, "png"),
             caption="../report/loss_curves.rst",
-            category=f"{RESULTS}/fits/{{fit}}",
+            category=layout.fit_dir("{fit}"),
             labels={"figure": "loss curves"},
         ),
-        pdf=f"{RESULTS}/fits/{{fit}}/plots/loss_curves.pdf",
+        pdf=layout.plot("{fit}", layout.LOSS_FIGURE, "pdf"),
     log:
-        f"{RESULTS}/logs/fits/{{fit}}/plot_loss.log",
+        layout.evaluation_log("{fit}", layout.LOSS_FIGURE),
     conda:
         "../envs/potflow.yaml"
     params:
         title=lambda w: f"fit {w.fit}",
     script:
-        "../workflow_scripts/plots.py"
+        "../workflow_scripts/evaluation.py"

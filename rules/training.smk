@@ -1,3 +1,5 @@
+# Training: one network per fit, on the descriptors of the training groups.
+
 # The sections a fit depends on, as canonical JSON (params): editing md, outfile or test_sets,
 # or reordering keys, keeps the fit.
 TRAINING_SECTIONS = (
@@ -9,6 +11,8 @@ TRAINING_SECTIONS = (
     "groups",
     "pytorch",
 )
+# FitSNAP's pytorch.save_state_output: the same for every fit (the config check refuses it in a fit)
+CHECKPOINT = POTFLOW["pytorch"]["save_state_output"]
 
 
 rule train:
@@ -18,16 +22,16 @@ rule train:
     delete: rerunning the rule after an interruption continues from the last saved epoch.
     """
     input:
-        descriptors=fit_descriptor_dirs,
+        descriptors=lambda w: descriptor_dirs(w.fit),
     output:
-        model=f"{RESULTS}/fits/{{fit}}/model.pt",
-        checkpoint=f"{RESULTS}/fits/{{fit}}/{POTFLOW['pytorch']['save_state_output']}",
-        loss=f"{RESULTS}/fits/{{fit}}/loss_vs_epochs.dat",
-        split=f"{RESULTS}/fits/{{fit}}/split.tsv",
+        model=layout.model("{fit}"),
+        checkpoint=layout.checkpoint("{fit}", CHECKPOINT),
+        loss=layout.loss_history("{fit}"),
+        split=layout.split("{fit}"),
     log:
-        f"{RESULTS}/fits/{{fit}}/training.log",
+        layout.training_log("{fit}"),
     benchmark:
-        f"{RESULTS}/logs/fits/{{fit}}/train_benchmark.tsv"
+        layout.training_benchmark("{fit}")
     conda:
         "../envs/potflow.yaml"
     # resources.train_gpus > 1: one training process per GPU, started by torchrun
@@ -40,6 +44,6 @@ rule train:
         settings=lambda w: canonical_json(
             {k: FITS[w.fit][k] for k in TRAINING_SECTIONS}
         ),
-        resume=lambda w: f"{fit_dir(w.fit)}/resume.pt",
+        resume=lambda w: layout.resume_state(w.fit),
     script:
-        "../workflow_scripts/train.py"
+        "../workflow_scripts/training.py"

@@ -1,9 +1,12 @@
 """The package's shape: imports run one way (no cycles), and every stage has its three hops."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
+
+from potflow.workflow import layout
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "potflow"
@@ -82,20 +85,86 @@ def test_package_init_files_import_nothing_of_potflow():
         assert not internal_imports(init), init
 
 
-STAGES = ["data", "descriptors", "training", "evaluation", "export", "md", "committee", "sweeps"]
+# stage -> the potflow package (or module) its script runs: rules/X.smk -> workflow_scripts/X.py -> it
+STAGES = {
+    "data": "potflow.data",
+    "descriptors": "potflow.descriptors",
+    "training": "potflow.training",
+    "committee": "potflow.evaluation.committee",
+    "evaluation": "potflow.evaluation",
+    "export": "potflow.lammps",
+    "md": "potflow.lammps",
+    "sweeps": "potflow.config.sweeps",
+}
+RULE_FILES = sorted((ROOT / "rules").glob("*.smk"))
+SCRIPT = re.compile(r"^\s+script:\s*\n\s+\"([^\"]+)\"", re.MULTILINE)
+
+
+def test_the_stages_are_the_layouts():
+    assert tuple(STAGES) == layout.STAGES
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_is_three_hops(stage):
-    """rules/X.smk -> workflow_scripts/X.py -> potflow/..., for every stage."""
+    """rules/X.smk -> workflow_scripts/X.py -> the stage's potflow package, for every stage."""
     rule_file = ROOT / "rules" / f"{stage}.smk"
     assert rule_file.exists(), rule_file
-    scripts = {
-        line.split('"')[1].split("/")[-1]
-        for line in rule_file.read_text().splitlines()
-        if "workflow_scripts/" in line
-    }
-    assert scripts, f"{rule_file} runs no script"
-    for script in scripts:
-        imports = internal_imports(ROOT / "workflow_scripts" / script)
-        assert imports, f"workflow_scripts/{script} imports nothing of potflow"
+    scripts = set(SCRIPT.findall(rule_file.read_text()))
+    assert scripts == {f"../workflow_scripts/{stage}.py"}, f"{rule_file} runs {scripts}"
+    script = ROOT / "workflow_scripts" / f"{stage}.py"
+    package = STAGES[stage]
+    assert (PACKAGE.parent / package.replace(".", "/")).with_suffix(".py").exists() or (
+        PACKAGE.parent / package.replace(".", "/")
+    ).is_dir(), package
+    imports = internal_imports(script)
+    assert any(m == package or m.startswith(package + ".") for m in imports), (
+        f"workflow_scripts/{stage}.py imports nothing of {package} (only {sorted(imports)})"
+    )
+
+
+def test_nothing_but_the_stages():
+    """One rule file per stage (and common.smk), one script per stage, all included in order."""
+    assert {p.stem for p in RULE_FILES} == {"common", *STAGES}
+    assert {p.stem for p in (ROOT / "workflow_scripts").glob("*.py")} == set(STAGES)
+    included = re.findall(r'^include: "rules/(\w+)\.smk"', (ROOT / "Snakefile").read_text(), re.MULTILINE)
+    assert included == ["common", *STAGES]
+
+
+def rules_of(text):
+    """{rule name: its text} of a rule file (``use rule ... as name with:`` included)."""
+    starts = list(re.finditer(r"^(?:rule (\w+)|use rule \w+ as (\w+) with):", text, re.MULTILINE))
+    ends = [m.start() for m in starts[1:]] + [len(text)]
+    return {(m.group(1) or m.group(2)): text[m.start() : e] for m, e in zip(starts, ends, strict=True)} if starts else {}
+
+
+@pytest.mark.parametrize("rule_file", RULE_FILES, ids=lambda p: p.name)
+def test_every_rule_has_a_log(rule_file):
+    rules = rules_of(rule_file.read_text())
+    assert bool(rules) == (rule_file.stem != "common"), rule_file  # common.smk holds no rule
+    for name, text in rules.items():
+        if text.startswith("rule "):  # `use rule` inherits its log unless it names its own
+            assert "\n    log:\n" in text, f"rule {name} ({rule_file.name}) has no log"
+
+
+# Text that builds a results path by hand (potflow/workflow/layout.py names them all)
+HAND_WRITTEN_PATH = re.compile(r"results/|\{RESULTS\}|[\"']results[\"']|\bRESULTS\b|logs/|fits/\{|member\{")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [ROOT / "Snakefile", *RULE_FILES, *sorted((ROOT / "workflow_scripts").glob("*.py")),
+     PACKAGE / "training" / "launch.py"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)  # fmt: skip
+def test_no_hand_written_results_path(path):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for match in HAND_WRITTEN_PATH.finditer(line):
+            if line[: match.start()].endswith("layout."):
+                continue  # layout.RESULTS
+            raise AssertionError(f"{path.relative_to(ROOT)}:{number}: a results path by hand: {line.strip()}")
+
+
+def test_the_path_check_finds_a_path():
+    for line in ['f"{RESULTS}/fits/{{fit}}/model.pt"', '"results/logs/x.log"', "log: 'logs/md.log'"]:
+        assert HAND_WRITTEN_PATH.search(line), line
+    assert not HAND_WRITTEN_PATH.search('layout.model("{fit}")')

@@ -190,7 +190,7 @@ def data_error(bad_data, group, *fragments):
     workdir, rc, out = bad_data
     lines = [line for line in out.splitlines() if line.startswith(f"potflow error: data/{group}")]
     line = error_line(rc, "\n".join(lines), *fragments)
-    assert (workdir / "results" / "logs" / "import" / f"{group}.log").read_text() == line + "\n"
+    assert (workdir / "results" / "logs" / "data" / f"{group}.log").read_text() == line + "\n"
     assert not (workdir / "results" / "data" / f"{group}.npz").exists()
     assert not temporaries(workdir / "results")
     return line
@@ -320,7 +320,7 @@ def training_error(workdir, cfg, *fragments):
     name = write_config(workdir, cfg, "case.yaml")
     rc, out = snakemake(workdir, MODEL, configfile=name)
     line = error_line(rc, out, *fragments)
-    assert line in (workdir / "results" / "fits" / "default" / "training.log").read_text()
+    assert line in (workdir / "results" / "logs" / "training" / "default" / "training.log").read_text()
     assert_no_fit_outputs(workdir)
     return line
 
@@ -564,7 +564,7 @@ def test_killed_training_resumes_with_the_same_model(tiny):
     assert rc == 0, out[-3000:]
     rc, out = snakemake(tiny, MODEL)
     assert rc == 0, out[-3000:]
-    log = (fit / "training.log").read_text()
+    log = (tiny / "results" / "logs" / "training" / "default" / "training.log").read_text()
     assert f"start: resume state {Path('results/fits/default/resume.pt')} at epoch {second}" in log, log[:2000]
     assert_same_fit(fit, tiny / "reference")
 

@@ -249,8 +249,9 @@ def test_sweep_with_committees_end_to_end(tmp_path, repo_root):
 
     fit = results / "fits" / "layer_sizes-8"
     member = fit / "committee" / "member1"
-    assert (member / "training.log").exists()
-    assert (results / "logs" / "fits" / "layer_sizes-8" / "committee" / "member1" / "train_benchmark.tsv").exists()
+    member_logs = results / "logs" / "committee" / "layer_sizes-8" / "member1"
+    assert (member_logs / "training.log").exists()
+    assert (member_logs / "benchmark.tsv").exists()
     ck = torch.load(member / "FitTorch_Pytorch.pt", weights_only=True)
     assert ck["seed"] == member_seed(0, 1)
     m0, m1 = load_model(fit / "model.pt")[0], load_model(member / "model.pt")[0]

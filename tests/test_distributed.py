@@ -154,12 +154,13 @@ def test_training_rule_runs_two_processes_under_torchrun(tmp_path, monkeypatch):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     fit = tmp_path / "results" / "fits" / "default"
-    log = (fit / "training.log").read_text() if (fit / "training.log").exists() else ""
+    log_file = tmp_path / "results" / "logs" / "training" / "default" / "training.log"
+    log = log_file.read_text() if log_file.exists() else ""
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:] + log[-3000:]
     assert "torch.distributed.run --standalone --nproc-per-node 2" in log
     assert "on cpu" in log and "2 processes" in log
     assert log.count("----- epoch: 2") == 1  # rank 0 alone prints
-    assert sorted(p.name for p in fit.iterdir()) == ["FitTorch_Pytorch.pt", "loss_vs_epochs.dat", "model.pt", "split.tsv", "training.log"]
+    assert sorted(p.name for p in fit.iterdir()) == ["FitTorch_Pytorch.pt", "loss_vs_epochs.dat", "model.pt", "split.tsv"]
 
     # the same fit in one process, through the `potflow train` command
     from potflow.cli import main

@@ -84,7 +84,9 @@ def make_fit(fit_dir, folders, seed=0, hidden=(8, 8)):
     (fit_dir / "loss_vs_epochs.dat").write_text("".join(f"{e} {5.0 / (e + 1)} {6.0 / (e + 1)}\n" for e in range(1, 11)))
     # the rest of what the training rule writes (so Snakemake sees a finished fit)
     (fit_dir / "FitTorch_Pytorch.pt").write_bytes((fit_dir / "model.pt").read_bytes())
-    (fit_dir / "training.log").write_text("made by tests/test_evaluate.py\n")
+    log = fit_dir.parent.parent / "logs" / "training" / fit_dir.name / "training.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("made by tests/test_evaluate.py\n")
     return model
 
 

@@ -228,7 +228,7 @@ def test_bad_group_fails_its_workflow_job(tmp_path, repo_root):
     assert run.returncode != 0
     expected = f"potflow error: {bad}: field 'NumAtoms' is 5 but 'AtomTypes' lists 2 atoms"
     assert expected in run.stderr
-    assert expected in (tmp_path / "results" / "logs" / "import" / "Group.log").read_text()
+    assert expected in (tmp_path / "results" / "logs" / "data" / "Group.log").read_text()
     assert not (tmp_path / "results" / "data").exists() or not any((tmp_path / "results" / "data").iterdir())
 
 

@@ -246,6 +246,7 @@ def test_workflow_exports_and_validates(tmp_path, repo_root):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     cfg = prepare_config(config)
     fit = tmp_path / "results" / "fits" / "default"
+    lammps_log = tmp_path / "results" / "logs" / "md" / "default" / "log.lammps"
     fit.mkdir(parents=True)
     save_model(fit / "model.pt", standardised_model(cfg), epoch=3, selection="best")
     (fit / "split.tsv").write_text(
@@ -269,7 +270,7 @@ def test_workflow_exports_and_validates(tmp_path, repo_root):
         assert (fit / "lammps" / name).stat().st_size > 0
     record = json.loads((fit / "lammps" / "Ta_test.export.json").read_text())
     assert record["model_info"] == {"epoch": 3, "selection": "best"}
-    assert (fit / "md" / "log.lammps").exists() and (fit / "md" / "energy_temperature.png").exists()
+    assert lammps_log.exists() and (fit / "md" / "energy_temperature.png").exists()
 
     # A drift bound no run can meet: the job fails with one line, the LAMMPS log stays.
     config["md"]["drift_bound"] = 1e-14
@@ -282,7 +283,7 @@ def test_workflow_exports_and_validates(tmp_path, repo_root):
     )
     assert res.returncode != 0
     assert "potflow error:" in res.stderr and "exceeds md.drift_bound" in res.stderr
-    assert (fit / "md" / "log.lammps").exists()
+    assert lammps_log.exists()
     assert not (fit / "md" / "summary.json").exists()
 
 

@@ -201,7 +201,7 @@ def test_descriptor_jobs_on_slurm(repo_root, tiny_run, tmp_path):
     fit = workdir / "results" / "fits" / "default"
     model, info = load_model(fit / "model.pt")
     assert info["epochs_trained"] == cfg["pytorch"]["num_epochs"] == 2
-    log = (fit / "training.log").read_text()
+    log = (workdir / "results" / "logs" / "training" / "default" / "training.log").read_text()
     if not torch.cuda.is_available():
         assert " on cpu," in log, log[-2000:]
 

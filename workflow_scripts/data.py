@@ -1,3 +1,5 @@
+"""Data rules (import_group, import_test_group): one group's raw files into a canonical file."""
+
 from potflow.data.structures import import_group
 from potflow.workflow.rulescript import run_rule
 

@@ -1,3 +1,5 @@
+"""Descriptor rules (compute_descriptors, test_set_descriptors): one group's SNAP descriptors."""
+
 import json
 
 from potflow.descriptors.compute import compute_group_descriptors

@@ -1,6 +1,7 @@
-"""Evaluation rules of a fit: predictions, then FitSNAP's error files (one rule each)."""
+"""Evaluation rules: predictions of a fit or test set, FitSNAP's error files, the figures."""
 
 from potflow.evaluation import error_files as files
+from potflow.evaluation import plots
 from potflow.evaluation import predictions as pfe
 from potflow.fileio import write_text
 from potflow.workflow.rulescript import rule_step, run_rule
@@ -20,6 +21,17 @@ def evaluate_fit():
     pfe.save_evaluation(sm.output[0], ev)
     info = pfe.model_info(ev)
     print(f"evaluated {len(ev['natoms'])} configurations with {info.get('model')} {info}")
+
+
+def evaluate_test_set():
+    """Score the trained model on a test set: reads model.pt, never trains."""
+    import torch
+
+    torch.set_num_threads(max(1, sm.threads))
+    folders = dict(zip(sm.params.groups, sm.input.descriptors, strict=True))
+    ev = pfe.evaluate_test_set(sm.params.config, sm.input.model, folders, members=list(sm.input.members))
+    pfe.save_evaluation(sm.output[0], ev)
+    print(f"test set {sm.wildcards.test_set}: {len(ev['natoms'])} configurations, model {pfe.model_info(ev)}")
 
 
 def evaluation_metrics():
@@ -47,5 +59,25 @@ def evaluation_configs():
     files.write_configs(sm.output[0], files.config_records(ev, folders, structures))
 
 
-STEPS = {"evaluate_fit": evaluate_fit, "evaluation_metrics": evaluation_metrics, "evaluation_perconfig": evaluation_perconfig, "evaluation_peratom": evaluation_peratom, "evaluation_configs": evaluation_configs}
+def plot_evaluation():
+    ev = pfe.load_evaluation(sm.input[0])
+    for name, fig in plots.evaluation_figures(ev, sm.params.title).items():
+        plots.save_figure(fig, sm.output[f"{name}_png"], sm.output[f"{name}_pdf"])
+
+
+def plot_loss():
+    fig = plots.loss_curves(plots.read_loss(sm.input[0]), sm.params.title)
+    plots.save_figure(fig, sm.output.png, sm.output.pdf)
+
+
+STEPS = {
+    "evaluate_fit": evaluate_fit,
+    "evaluate_test_set": evaluate_test_set,
+    "evaluation_metrics": evaluation_metrics,
+    "evaluation_perconfig": evaluation_perconfig,
+    "evaluation_peratom": evaluation_peratom,
+    "evaluation_configs": evaluation_configs,
+    "plot_evaluation": plot_evaluation,
+    "plot_loss": plot_loss,
+}
 run_rule(rule_step(sm.rule, STEPS), sm.log[0])

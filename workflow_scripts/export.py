@@ -1,3 +1,5 @@
+"""Export rule: the selected model as LAMMPS ML-IAP files, an include file and TorchScript."""
+
 from pathlib import Path
 
 from potflow.lammps.export import export_model_file

@@ -1,3 +1,5 @@
+"""MD rule: NVE molecular dynamics in LAMMPS with the exported potential, checked against torch."""
+
 import os
 
 from potflow.lammps.md import validate_exported

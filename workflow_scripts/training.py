@@ -1,3 +1,5 @@
+"""Training rules (train, train_member): fit the network, in one process or one per GPU."""
+
 import json
 from pathlib import Path
 
