@@ -146,6 +146,15 @@ def test_every_rule_has_a_log(rule_file):
             assert "\n    log:\n" in text, f"rule {name} ({rule_file.name}) has no log"
 
 
+@pytest.mark.parametrize("rule_file", RULE_FILES, ids=lambda p: p.name)
+def test_captions_name_only_wildcards_of_their_rule(rule_file):
+    """A caption (report/*.rst) naming a wildcard its rule lacks renders as broken markup."""
+    for name, text in rules_of(rule_file.read_text()).items():
+        for caption in re.findall(r'caption="\.\./(report/[\w.]+)"', text):
+            for wildcard in re.findall(r"snakemake\.wildcards\.(\w+)", (ROOT / caption).read_text()):
+                assert "{" + wildcard + "}" in text, f"{caption} names {wildcard}, which rule {name} lacks"
+
+
 # Text that builds a results path by hand (potflow/workflow/layout.py names them all)
 HAND_WRITTEN_PATH = re.compile(r"results/|\{RESULTS\}|[\"']results[\"']|\bRESULTS\b|logs/|fits/\{|member\{")
 
