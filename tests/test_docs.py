@@ -21,6 +21,7 @@ listed command that the docs no longer show, fails ``test_every_command_is_check
 checks take the command strings from the docs, so a command cannot drift from the code.
 """
 
+import importlib.util
 import os
 import re
 import shlex
@@ -98,6 +99,13 @@ CHECKS = {
     "mkdocs build --strict": ["site"],
     "file:docs/examples/train_multinode.sh": ["included"],
 }
+
+# Figures the docs state about a command, checked when it runs: command -> (page, pattern).
+STATED_JOBS = {  # the dry run's number of jobs
+    "snakemake --cores 2": ("docs/getting-started.md", r"(\d+) jobs, one to two minutes"),
+    "snakemake --cores 2 --configfile configs/sweep_example.yaml": ("docs/sweeps.md", r"committee of 2: (\d+) jobs"),
+}
+STATED_ERRORS = ("docs/getting-started.md", r"test error of about ([\d.]+) eV/atom and ([\d.]+) eV/Å")
 
 # Paths the docs name that the user creates (the path check below skips them).
 USER_PATHS = {"profiles/mycluster/"}
@@ -410,6 +418,10 @@ def test_snakemake_dry_run(cmd, workdir):
         shell(COMMANDS["potflow from-fitsnap Ta-example.in -o my_config.yaml"].text, workdir)
     run = shell(f"{cmd.text} -n", workdir, timeout=300)
     assert "Job stats:" in run.stdout, run.stdout[-2000:]
+    if cmd.text in STATED_JOBS:
+        page, pattern = STATED_JOBS[cmd.text]
+        stated = int(re.search(pattern, (ROOT / page).read_text()).group(1))
+        assert sum(job_counts(run.stdout).values()) == stated, f"{page} says {stated} jobs"
 
 
 @commands_checked_by("slurm")
@@ -437,7 +449,9 @@ def test_command_in_a_scratch_copy(cmd, workdir):
 
 @commands_checked_by("pip")
 def test_pip_install_resolves(cmd, workdir):
-    run = shell(f"{cmd.text} --dry-run --no-index --no-build-isolation", workdir, timeout=300)
+    # offline when the build backend is installed here; otherwise pip fetches it (CI has the index)
+    offline = " --no-index --no-build-isolation" if importlib.util.find_spec("setuptools") else ""
+    run = shell(f"{cmd.text} --dry-run{offline}", workdir, timeout=300)
     assert "Would install potflow" in run.stdout or "Requirement already satisfied" in run.stdout, run.stdout[-2000:]
 
 
@@ -472,6 +486,12 @@ def test_example_runs_to_the_end(example):
     # the logs docs/results.md names
     for log in (layout.training_log("default"), layout.lammps_log("default"), layout.training_benchmark("default")):
         assert (example / log).is_file(), log
+    # the test errors docs/getting-started.md states (to 10 %)
+    page, pattern = STATED_ERRORS
+    stated = [float(x) for x in re.search(pattern, (ROOT / page).read_text()).groups()]
+    rows = [line.split() for line in (fit / "metrics.dat").read_text().splitlines()]
+    got = [float(r[4]) for prop in ("Energy", "Force") for r in rows if r[:3] == ["*ALL", "Test", prop]]
+    assert got == pytest.approx(stated, rel=0.1), f"{page} states test MAE {stated}, the run gives {got}"
 
 
 @pytest.mark.slow
