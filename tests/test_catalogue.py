@@ -526,7 +526,7 @@ def training_job(proc):
     """The training script's process among Snakemake's descendants."""
     for child in psutil.Process(proc.pid).children(recursive=True):
         try:
-            if any(arg.endswith(".train.py") for arg in child.cmdline()) and child.name().startswith("python"):
+            if any(arg.endswith(".training.py") for arg in child.cmdline()) and child.name().startswith("python"):
                 return child
         except psutil.NoSuchProcess:
             continue
