@@ -299,3 +299,72 @@ def test_lattice_structures(lattice, count):
 
     d = neighbor_list("d", atoms, 3.5)
     assert d.min() > 1.4  # a real crystal, no overlapping atoms
+
+
+WBE_ZBL = {
+    "pair_style": "hybrid/overlay zero 10.0 zbl 4.0 4.8",
+    "pair_coeff": ["* * zero", "1 1 zbl 74 74", "1 2 zbl 74 4", "2 2 zbl 4 4"],
+}
+
+
+def test_two_element_md_maps_masses_and_dump_elements(tmp_path):
+    """W–Be: the exported include file gives each LAMMPS type its element's mass, the run's
+    forces equal torch's, and every trajectory frame keeps each atom's element.
+
+    Checked to bite: with the mass lines written in reversed element order
+    (``inputs.mass_commands``) the mass check fails; with the dump's element map reversed
+    (``md.run_nve``'s ``dump_modify ... element``) the trajectory check fails.
+    """
+    from ase.data import atomic_masses, atomic_numbers
+
+    from potflow.lammps.session import open_lammps
+
+    # (the drift of this short run with light Be atoms is not the point here: the bound is loose)
+    md = {**MD, "lattice_constant": 3.17, "supercell": [2, 2, 2], "steps": 60, "dump_every": 20,
+          "check_snapshots": 1, "drift_bound": 1e-2}  # fmt: skip
+    cfg = prepare_config({
+        "bispectrum": {"numTypes": 2, "type": ["W", "Be"], "twojmax": 4, "rcutfac": 4.8,
+                       "wj": [1.0, 0.96], "radelem": [0.5, 0.42]},
+        "reference": WBE_ZBL, "md": md,
+    })  # fmt: skip
+    atoms = pmd.lattice_structure(cfg["md"], "W")
+    symbols = ["Be" if k % 3 == 1 else "W" for k in range(len(atoms))]
+    atoms.set_chemical_symbols(symbols)
+    types = np.array([0 if s == "W" else 1 for s in symbols])
+
+    torch.manual_seed(3)
+    model = AtomicEnergyModel(num_descriptors(4), [6], ["W", "Be"], 2, "tanh")
+    rng = np.random.default_rng(3)
+    calc = SnapCalculator(cfg, with_gradients=False)
+    try:
+        B = [calc.compute(atoms.positions + rng.normal(scale=0.08, size=atoms.positions.shape),
+                          atoms.cell[:], atoms.pbc, types)[0] for _ in range(2)]  # fmt: skip
+    finally:
+        calc.close()
+    model.set_standardisation(np.concatenate(B), np.concatenate([types, types]))
+    export_model(model, cfg, tmp_path / "lammps", "WBe_pot")
+    paths = export_paths(tmp_path / "lammps", "WBe_pot")
+
+    # LAMMPS's own masses after the include file: type 1 is W, type 2 is Be
+    lmp = open_lammps()
+    try:
+        from potflow.lammps.session import create_cell
+
+        create_cell(lmp, atoms.positions, atoms.cell[:], atoms.pbc, types, 2)
+        for command in include_commands(paths):
+            lmp.command(command)
+        masses = np.array(lmp.numpy.extract_atom("mass"))[1:3]
+    finally:
+        lmp.close()
+    want = [atomic_masses[atomic_numbers[el]] for el in ("W", "Be")]
+    np.testing.assert_allclose(masses, want, rtol=1e-6)
+
+    outputs = {**outputs_in(tmp_path), "trajectory": tmp_path / "trajectory.extxyz"}
+    summary = pmd.validate_md(cfg, model, include_commands(paths), atoms, outputs, tmp_path / "log.lammps")
+    assert summary["elements"] == ["W", "Be"] and summary["max_force_difference"] < 1e-8
+    import ase.io
+
+    frames = ase.io.read(outputs["trajectory"], index=":")
+    assert [f.info["step"] for f in frames] == [0, 20, 40, 60]
+    for frame in frames:
+        assert frame.get_chemical_symbols() == symbols
