@@ -533,6 +533,7 @@ def training_job(proc):
     raise AssertionError("no training job running")
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_killed_training_resumes_with_the_same_model(tiny):
     """Kill the training job (as the OOM killer would), rerun; kill Snakemake with its job (a lost
     session), unlock, rerun: the fit continues from the last saved epoch each time and ends with
@@ -569,6 +570,7 @@ def test_killed_training_resumes_with_the_same_model(tiny):
     assert_same_fit(fit, tiny / "reference")
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_killed_descriptor_job_leaves_no_folder_that_looks_complete(tmp_path, shared_data):
     """Kill Snakemake and its descriptor job while the job writes its folder: the folder is not
     there (only a hidden temporary), the rerun computes it again, identical to a clean run."""

@@ -210,6 +210,7 @@ def snakemake(workdir, *args):
     return run.stdout + run.stderr
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_sweep_with_committees_end_to_end(tmp_path, repo_root):
     """Two network shapes, each a committee of two, on a tiny copy of the bundled example."""
     (tmp_path / "data").mkdir()

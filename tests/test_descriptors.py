@@ -259,6 +259,7 @@ WBE_GROUPS = {
 }
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_two_element_groups_through_the_workflow(tmp_path, shared_data, repo_root):
     """Import and descriptors of three small W-Be groups, run by Snakemake with the W-Be ZBL."""
     import yaml

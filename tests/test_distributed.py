@@ -132,6 +132,7 @@ def test_shards_cover_each_global_batch():
 # ----------------------------------------------------------------------------- the rule and the command
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_training_rule_runs_two_processes_under_torchrun(tmp_path, monkeypatch):
     """resources.train_gpus: 2 on a machine without GPUs: torchrun starts two CPU processes."""
     data = tmp_path / "data"

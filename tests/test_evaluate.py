@@ -407,6 +407,7 @@ def planned_rules(output):
     return rules
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_workflow_evaluates_fit_and_test_set_and_reports(workdir, repo_root):
     """snakemake on a finished fit: the test-set branch plans no training, then all files and a report."""
     root = workdir["root"]

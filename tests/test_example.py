@@ -102,6 +102,7 @@ def test_liquid_labels_reproduce(repo_root, labeller):
     assert np.abs(frames[-1].get_forces()).max() > 3.0
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_default_config_fits_the_bundled_example(repo_root):
     cfg = load_config(repo_root / "config.yaml")
     groups = fit_groups(cfg, basedir=repo_root)

@@ -221,6 +221,7 @@ def test_training_structure_is_a_supercell_of_a_training_configuration(tmp_path)
         pmd.training_structure(split, [tmp_path / "bulk.npz"], 2, 10)
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_workflow_exports_and_validates(tmp_path, repo_root):
     """The export and MD rules end to end on a hand-made model.pt and split.tsv."""
     import yaml

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 from tiny_ta import copy_tiny_groups, tiny_config
 
@@ -52,6 +53,7 @@ rule potflow_location:
 '''
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_potflow_runs_as_a_module(repo_root, shared_data, tmp_path):
     outer = tmp_path / "outer"
     groups = copy_tiny_groups(shared_data, outer / "my_data")

@@ -149,6 +149,7 @@ def test_profile_is_valid_yaml_with_gpu_training(repo_root, tiny_run):
     assert named and named <= rules, named - rules
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_descriptor_jobs_on_slurm(repo_root, tiny_run, tmp_path):
     workdir, groups, cfg = tiny_run
     run = run_with_standin_slurm(repo_root, workdir, tmp_path / "slurm", *targets(groups, cfg))
@@ -206,6 +207,7 @@ def test_descriptor_jobs_on_slurm(repo_root, tiny_run, tmp_path):
         assert " on cpu," in log, log[-2000:]
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_failed_job_is_reported(repo_root, tiny_run, tmp_path):
     """A job that fails on the 'cluster' fails the run; the others still finish (keep-going).
 
@@ -240,6 +242,7 @@ def _group_ends(pgid, within):
     return False
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_interrupt_cancels_the_jobs(repo_root, shared_data, tmp_path):
     """Ctrl-C on the submitting Snakemake cancels its jobs on the cluster (scancel)."""
     workdir, state = tmp_path / "run", tmp_path / "slurm"

@@ -377,6 +377,7 @@ def _snakemake(workdir, *extra, wait=True):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_rule_resumes_after_a_kill(tmp_path):
     """Kill the training job mid-fit; rerunning the rule continues from resume.pt."""
     data = tmp_path / "data"
@@ -425,6 +426,7 @@ def test_rule_resumes_after_a_kill(tmp_path):
 # ----------------------------------------------------------------------------- the bundled example
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_short_fit_on_the_bundled_example_lowers_the_validation_loss(repo_root, tmp_path):
     cfg = yaml.safe_load((repo_root / "config.yaml").read_text())
     cfg["path"]["dataPath"] = str(repo_root / "data" / "Ta_example")

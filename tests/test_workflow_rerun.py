@@ -70,6 +70,7 @@ def per_group(plan):
     return {rule: plan[rule] for rule in PER_GROUP if rule in plan}
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_training_parameter_reruns_no_descriptor_job(built, repo_root):
     cfg = copy.deepcopy(CONFIG)
     cfg["reference"] = dict(reversed(cfg["reference"].items()))  # reordered keys change nothing
@@ -86,6 +87,7 @@ def test_training_parameter_reruns_no_descriptor_job(built, repo_root):
         write_config(built, CONFIG)
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_descriptor_setting_reruns_every_descriptor_job(built, repo_root):
     cfg = copy.deepcopy(CONFIG)
     cfg["bispectrum"] = {"rcutfac": 4.5}
@@ -99,6 +101,7 @@ def test_descriptor_setting_reruns_every_descriptor_job(built, repo_root):
         write_config(built, CONFIG)
 
 
+@pytest.mark.slow  # end to end: runs the workflow
 def test_editing_one_group_reruns_only_that_group(built, repo_root):
     # runs last in this module: it leaves the edited group out of date
     path = built / "data" / "Surface_100.xyz"
