@@ -57,7 +57,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #            requirement resolves against what is installed, nothing is installed
 #   ci       .ci/run runs it verbatim (CI); the suite does not run itself again here
 #   collect  with --collect-only appended, in the checkout: the selection it makes
-#   repo     as written, in the checkout (lint: the same commands as tests/test_lint.py)
+#   repo     as written, in the checkout (lint: the same commands as tests/test_lint.py; the gpu tests on the CPU)
 #   site     with --site-dir <temporary folder> appended, in the checkout
 #   included a file the page shows: the command that runs it runs this file (test_included_files)
 CHECKS = {
@@ -67,6 +67,8 @@ CHECKS = {
     'pip install -e ".[docs]"': ["pip"],
     "python -m pytest -q": ["ci"],
     'python -m pytest -q -m "not slow"': ["collect"],
+    "python -m pytest -q -m gpu": ["collect"],
+    "POTFLOW_TEST_DEVICE=cpu python -m pytest -q -m gpu": ["repo"],
     "snakemake --cores 2": ["dry", "example"],
     "snakemake --report report.html": ["example"],
     "snakemake --cores 2 --configfile configs/WBe.yaml": ["dry"],
