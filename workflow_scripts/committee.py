@@ -1,4 +1,8 @@
-"""Committee rules: the uncertainty figure of an evaluation, the disagreement along the MD run."""
+"""Committee rules: the uncertainty figure of an evaluation, the disagreement along the MD run.
+
+The steps import potflow's committee module themselves: md_committee must set OMP_NUM_THREADS
+before torch loads.
+"""
 
 from potflow.workflow.rulescript import rule_step, run_rule
 

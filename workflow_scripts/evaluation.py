@@ -1,5 +1,7 @@
 """Evaluation rules: predictions of a fit or test set, FitSNAP's error files, the figures."""
 
+import torch
+
 from potflow.evaluation import error_files as files
 from potflow.evaluation import plots
 from potflow.evaluation import predictions as pfe
@@ -10,8 +12,6 @@ sm = snakemake  # noqa: F821
 
 
 def evaluate_fit():
-    import torch
-
     torch.set_num_threads(max(1, sm.threads))
     folders = dict(zip(sm.params.groups, sm.input.descriptors, strict=True))
     ev = pfe.evaluate_fit(
@@ -25,8 +25,6 @@ def evaluate_fit():
 
 def evaluate_test_set():
     """Score the trained model on a test set: reads model.pt, never trains."""
-    import torch
-
     torch.set_num_threads(max(1, sm.threads))
     folders = dict(zip(sm.params.groups, sm.input.descriptors, strict=True))
     ev = pfe.evaluate_test_set(sm.params.config, sm.input.model, folders, members=list(sm.input.members))

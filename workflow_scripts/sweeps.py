@@ -1,4 +1,7 @@
-"""Rules about the set of fits: the fits table and the leaderboard."""
+"""Rules about the set of fits: the fits table and the leaderboard.
+
+Each step imports what its rule needs: the fits table, a local rule, loads no plotting library.
+"""
 
 from potflow.workflow.rulescript import rule_step, run_rule
 
