@@ -21,10 +21,12 @@ elif not workflow.overwrite_configfiles:
 
 # potflow's own check first: a bad config ends with one line naming its file and field.
 sys.path.insert(0, workflow.current_basedir.get_path_or_uri(secret_free=True))
-from potflow.config.load import check_workflow_config
+from potflow.config.load import SCHEMA_PATH, check_workflow_config
 
 check_workflow_config(config, workflow.configfiles)
-validate(config, "schemas/config.schema.yaml")
+# the schema the package ships (schemas/config.schema.yaml links to it): a local file also
+# when this workflow is used as a module from a remote source
+validate(config, str(SCHEMA_PATH))
 
 
 report: "report/workflow.rst"
