@@ -1,0 +1,215 @@
+"""Linear SNAP fitted exactly: a streamed QR of the weighted design matrix, then SVD or ridge.
+
+Model, per element e: E_atom = beta_e . B_i + beta0_e (beta0_e plays FitSNAP's bzero/offset
+role); a configuration's energy is the sum over its atoms; F_j^a = -sum_i beta_e(i) . dB_i/dR_j^a
+(the constants carry no force). Targets are the folders' ``energy_target`` and ``force_target``
+(DFT minus the reference potential).
+
+What is minimised, over the selected configurations m (N_m atoms):
+
+  S = sum_m [ w^E_m ((E_pred_m - E_m) / N_m)^2 + w^F_m / (3 N_m) sum_i |F_pred_mi - F_mi|^2 ]
+      + alpha |beta|^2                                  (RIDGE only; the constants are not penalised)
+
+i.e. M times the loss of ``potflow/training/loss.py`` (its 1/M factor dropped). Each
+configuration gives one energy row (energy per atom, weight sqrt(w^E_m) / N_m on the total) and
+3 N_m force rows (weight sqrt(w^F_m / (3 N_m))); rows of zero weight are left out.
+
+The normal equations are never formed (they square the condition number): the triangular factor
+of the augmented matrix [A | b] is updated block by block, ``R = qr(vstack([R, block]))``, so
+memory is O(P^2 + one block) with P = n_elements (K + 1) unknowns. Its last column holds Q^T b
+and its corner the norm of the least-squares residual.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from potflow.descriptors.folders import open_group
+from potflow.errors import PotflowInputError
+
+SOLVERS = ("SVD", "RIDGE")
+RCOND = 1.0e-13  # singular values below RCOND * s_max are dropped (FitSNAP's SVD solver uses 1e-13)
+
+
+@dataclass
+class LinearCoefficients:
+    """A linear SNAP fit: per element beta (n_elements, K) and beta0 (n_elements,)."""
+
+    elements: list
+    beta: np.ndarray
+    beta0: np.ndarray
+    solver: str = "SVD"
+    alpha: float = 0.0
+    rcond: float = RCOND
+    rank: int = 0
+    singular_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    residual_norm: float = 0.0  # sqrt(S) without the ridge term, at the solution
+    energy_rows: int = 0
+    force_rows: int = 0
+
+
+class StreamedLeastSquares:
+    """min |A x - b| for A given in row blocks; keeps only the triangular factor of [A | b]."""
+
+    def __init__(self, n_params):
+        self.n_params = int(n_params)
+        self.r_aug = np.zeros((0, self.n_params + 1))
+        self.rows = 0
+
+    def add(self, a, b):
+        """Append rows ``a`` (n, P) with right-hand side ``b`` (n,)."""
+        if len(a) == 0:
+            return
+        block = np.hstack([np.asarray(a, float), np.asarray(b, float)[:, None]])
+        self.r_aug = np.linalg.qr(np.vstack([self.r_aug, block]), mode="r")
+        self.rows += len(a)
+
+    def factors(self):
+        """R (P, P), Q^T b (P,) and the least-squares residual norm rho."""
+        p = self.n_params
+        full = np.zeros((p + 1, p + 1))
+        full[: len(self.r_aug)] = self.r_aug[: p + 1]
+        return full[:p, :p], full[:p, p], abs(full[p, p])
+
+    def solve(self, rcond=RCOND, ridge=None):
+        """Minimum-norm solution from the SVD of R (singular values <= rcond s_max dropped).
+
+        ``ridge`` (P,) adds diag(ridge) rows with zero right-hand side (sqrt(alpha) on beta).
+        Returns x, rank, singular values and |A x - b| (without the ridge rows).
+        """
+        r, qtb, rho = self.factors()
+        if ridge is not None:
+            r = np.vstack([r, np.diag(ridge)])
+            qtb = np.concatenate([qtb, np.zeros(len(ridge))])
+        u, s, vt = np.linalg.svd(r, full_matrices=False)
+        keep = s > rcond * s[0] if len(s) and s[0] > 0 else np.zeros(len(s), bool)
+        x = vt[keep].T @ ((u[:, keep].T @ qtb) / s[keep])
+        r0, qtb0, _ = self.factors()
+        misfit = np.sqrt(np.sum((r0 @ x - qtb0) ** 2) + rho**2)
+        return x, int(keep.sum()), s, float(misfit)
+
+
+def _selected(select, m_total, folder):
+    """Indices of the chosen configurations from a boolean mask, an index list or None (all)."""
+    if select is None:
+        return np.arange(m_total)
+    sel = np.asarray(select)
+    if sel.dtype == bool:
+        if sel.shape != (m_total,):
+            raise PotflowInputError(folder, f"select: boolean mask of shape {sel.shape}, want ({m_total},)")
+        return np.flatnonzero(sel)
+    sel = sel.astype(np.int64).ravel()
+    if sel.size and (sel.min() < 0 or sel.max() >= m_total):
+        raise PotflowInputError(folder, f"select: configuration index out of range 0..{m_total - 1}")
+    return sel
+
+
+def _per_config(weights, m_total, folder, name):
+    w = np.broadcast_to(np.asarray(1.0 if weights is None else weights, float), (m_total,))
+    if not np.all(np.isfinite(w)) or (w < 0).any():
+        raise PotflowInputError(folder, f"{name}: weights must be finite and >= 0")
+    return w
+
+
+def config_rows(arrays, m, n_elements, atom_start):
+    """Unweighted design rows of configuration m: energy row (P,) and force rows (3N, P).
+
+    Column layout: element e owns columns e (K + 1) .. e (K + 1) + K (beta_e, then beta0_e).
+    The energy row is the total energy's; divide by N for energy per atom.
+    """
+    n = int(arrays["natoms"][m])
+    a0 = atom_start[m]
+    b = np.asarray(arrays["descriptors"][a0 : a0 + n], float)
+    t = np.asarray(arrays["atom_types"][a0 : a0 + n], np.int64)
+    k = b.shape[1]
+    energy = np.zeros((n_elements, k + 1))
+    np.add.at(energy, (t, slice(None, k)), b)
+    np.add.at(energy[:, k], t, 1.0)
+    p0, p1 = arrays["grad_ptr"][m], arrays["grad_ptr"][m + 1]
+    g = np.asarray(arrays["grad_values"][p0:p1], float)
+    idx = np.asarray(arrays["grad_index"][p0:p1], np.int64)
+    force = np.zeros((3 * n, n_elements, k + 1))
+    np.add.at(force, (3 * idx[:, 1] + idx[:, 2], t[idx[:, 0]], slice(None, k)), -g)
+    return energy.ravel(), force.reshape(3 * n, -1)
+
+
+def fit_linear(folders, select=None, energy_weights=None, force_weights=None, solver="SVD",
+               alpha=0.0, rcond=RCOND, configs_per_block=64):  # fmt: skip
+    """Exact linear SNAP fit on descriptor folders; returns ``LinearCoefficients``.
+
+    ``select``, ``energy_weights``, ``force_weights``: one entry per folder (a boolean mask or
+    index list of configurations; an array (M,) or a number of w^E_m, w^F_m), or None for all
+    configurations and weight 1. ``solver``: SVD (minimum norm, rcond) or RIDGE (alpha >= 0).
+    """
+    if solver not in SOLVERS:
+        raise PotflowInputError("solver", f"unknown solver {solver!r}; linear fits know {', '.join(SOLVERS)}")
+    if not np.isfinite(alpha) or alpha < 0:
+        raise PotflowInputError("alpha", f"ridge alpha must be >= 0, got {alpha}")
+    folders = [Path(f) for f in folders]
+    if not folders:
+        raise PotflowInputError("folders", "no descriptor folders given")
+    per = lambda v: [None] * len(folders) if v is None else list(v)  # noqa: E731
+    select, energy_weights, force_weights = per(select), per(energy_weights), per(force_weights)
+    elements, lsq, n_e, n_f, n_conf = None, None, 0, 0, 0
+    for folder, sel, we, wf in zip(folders, select, energy_weights, force_weights, strict=True):
+        arrays, meta = open_group(folder)
+        if elements is None:
+            elements, k = list(meta["elements"]), int(meta["num_descriptors"])
+            lsq = StreamedLeastSquares(len(elements) * (k + 1))
+        elif list(meta["elements"]) != elements or int(meta["num_descriptors"]) != k:
+            raise PotflowInputError(folder, f"elements/descriptors differ from {folders[0]}")
+        m_total = int(meta["num_configs"])
+        sel = _selected(sel, m_total, folder)
+        we = _per_config(we, m_total, folder, "energy_weights")
+        wf = _per_config(wf, m_total, folder, "force_weights")
+        if (wf[sel] > 0).any() and not meta["settings"].get("forces", True):
+            raise PotflowInputError(folder, "force_weights > 0 but the folder stores no gradients (energy-only descriptors)")
+        atom_start = np.concatenate([[0], np.cumsum(arrays["natoms"])])
+        n_conf += len(sel)
+        for start in range(0, len(sel), max(1, int(configs_per_block))):
+            rows, rhs = [], []
+            for m in sel[start : start + max(1, int(configs_per_block))]:
+                n = int(arrays["natoms"][m])
+                e_row, f_rows = config_rows(arrays, m, len(elements), atom_start)
+                if we[m] > 0:
+                    s = np.sqrt(we[m]) / n
+                    rows.append(s * e_row[None])
+                    rhs.append([s * float(arrays["energy_target"][m])])
+                    n_e += 1
+                if wf[m] > 0:
+                    s = np.sqrt(wf[m] / (3 * n))
+                    rows.append(s * f_rows)
+                    rhs.append(s * np.asarray(arrays["force_target"][atom_start[m] : atom_start[m] + n], float).ravel())
+                    n_f += 3 * n
+            if rows:
+                lsq.add(np.vstack(rows), np.concatenate(rhs))
+    if n_conf == 0:
+        raise PotflowInputError("select", "no configurations selected for the linear fit")
+    if lsq.rows == 0:
+        raise PotflowInputError("energy_weights", "every selected configuration has zero energy and force weight")
+    ridge = None
+    if solver == "RIDGE":
+        ridge = np.tile(np.r_[np.full(k, np.sqrt(alpha)), 0.0], len(elements))
+    x, rank, s, misfit = lsq.solve(rcond, ridge)
+    x = x.reshape(len(elements), k + 1)
+    return LinearCoefficients(
+        elements=elements, beta=x[:, :k].copy(), beta0=x[:, k].copy(), solver=solver, alpha=float(alpha),
+        rcond=float(rcond), rank=rank, singular_values=s, residual_norm=misfit, energy_rows=n_e, force_rows=n_f,
+    )  # fmt: skip
+
+
+def predict(coefficients, folder, select=None):
+    """Energies (M_sel,) and forces (sum N_m, 3) of a folder's configurations (targets' convention:
+    without the reference potential), configurations in ``select`` order."""
+    arrays, meta = open_group(folder)
+    m_total = int(meta["num_configs"])
+    sel = _selected(select, m_total, folder)
+    x = np.hstack([coefficients.beta, coefficients.beta0[:, None]]).ravel()
+    atom_start = np.concatenate([[0], np.cumsum(arrays["natoms"])])
+    energies, forces = [], []
+    for m in sel:
+        e_row, f_rows = config_rows(arrays, m, len(coefficients.elements), atom_start)
+        energies.append(e_row @ x)
+        forces.append((f_rows @ x).reshape(-1, 3))
+    return np.array(energies), (np.concatenate(forces) if forces else np.zeros((0, 3)))

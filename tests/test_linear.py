@@ -1,0 +1,185 @@
+"""Linear SNAP (potflow/linear): exact recovery on synthetic data and on the bundled example."""
+
+import json
+
+import numpy as np
+import pytest
+
+from potflow.config.load import load_config
+from potflow.data.structures import import_group
+from potflow.descriptors.compute import compute_group_descriptors
+from potflow.descriptors.folders import ARRAYS, META
+from potflow.descriptors.snap_index import bispectrum_triples
+from potflow.errors import PotflowInputError
+from potflow.lammps.session import potentials_dir
+from potflow.linear.solve import fit_linear, predict
+
+K = 5
+ELEMENTS = ["W", "Be"]
+
+
+def synthetic_folder(path, beta, beta0, seed, n_configs=12):
+    """A descriptor folder of random B and gradient rows whose targets are exactly linear."""
+    rng = np.random.default_rng(seed)
+    natoms = rng.integers(1, 6, n_configs)
+    types = np.concatenate([rng.integers(0, 2, n) for n in natoms]).astype(np.int32)
+    types[0], types[1 if natoms[0] > 1 else natoms[0]] = 0, 1  # both elements present
+    b = rng.normal(size=(natoms.sum(), K))
+    energy, forces, gv, gi, ptr, a0 = [], [], [], [], [0], 0
+    for n in natoms:
+        t = types[a0 : a0 + n]
+        energy.append(np.sum(np.einsum("ik,ik->i", b[a0 : a0 + n], beta[t]) + beta0[t]))
+        rows = rng.integers(1, 3 * n * n + 1)
+        idx = np.stack([rng.integers(0, n, rows), rng.integers(0, n, rows), rng.integers(0, 3, rows)], 1)
+        vals = rng.normal(size=(rows, K))
+        f = np.zeros((n, 3))
+        np.add.at(f, (idx[:, 1], idx[:, 2]), -np.einsum("rk,rk->r", vals, beta[t[idx[:, 0]]]))
+        forces.append(f)
+        gv.append(vals)
+        gi.append(idx)
+        ptr.append(ptr[-1] + rows)
+        a0 += n
+    arrays = {
+        "descriptors": b, "atom_types": types, "natoms": natoms.astype(np.int64),
+        "energy": np.array(energy), "ref_energy": np.zeros(n_configs), "energy_target": np.array(energy),
+        "forces": np.concatenate(forces), "ref_forces": np.zeros((a0, 3)), "force_target": np.concatenate(forces),
+        "grad_values": np.concatenate(gv), "grad_index": np.concatenate(gi).astype(np.int32),
+        "grad_ptr": np.array(ptr, np.int64), "files": np.array([f"c{m}" for m in range(n_configs)]),
+    }  # fmt: skip
+    path.mkdir()
+    for name in ARRAYS:
+        np.save(path / f"{name}.npy", arrays[name], allow_pickle=False)
+    meta = {"elements": ELEMENTS, "num_descriptors": K, "num_configs": n_configs, "settings": {"forces": True}}
+    (path / META).write_text(json.dumps(meta))
+    return path
+
+
+@pytest.fixture
+def truth():
+    rng = np.random.default_rng(7)
+    return rng.normal(size=(2, K)), np.array([-3.1, 0.7])
+
+
+@pytest.fixture
+def folders(tmp_path, truth):
+    return [synthetic_folder(tmp_path / f"g{s}", *truth, seed=s) for s in (1, 2)]
+
+
+def rel(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize("which", ["energy", "forces", "both"])
+def test_recovers_known_coefficients(folders, truth, which):
+    beta, beta0 = truth
+    rng = np.random.default_rng(3)
+    we = [rng.uniform(0.5, 20, 12) * (which != "forces") for _ in folders]
+    wf = [rng.uniform(0.5, 20, 12) * (which != "energy") for _ in folders]
+    fit = fit_linear(folders, energy_weights=we, force_weights=wf)
+    assert rel(fit.beta, beta) < 1e-10
+    assert fit.residual_norm < 1e-9
+    if which == "forces":  # forces do not see the constants: minimum norm leaves them 0
+        assert fit.rank == 2 * K and np.abs(fit.beta0).max() < 1e-12
+    else:
+        assert fit.rank == 2 * (K + 1) and rel(fit.beta0, beta0) < 1e-10
+    e, f = predict(fit, folders[0])
+    e_ref = np.load(folders[0] / "energy_target.npy")
+    f_ref = np.load(folders[0] / "force_target.npy")
+    assert np.abs(f - f_ref).max() < 1e-10 * np.abs(f_ref).max()
+    if which != "forces":
+        assert np.abs(e - e_ref).max() < 1e-10 * np.abs(e_ref).max()
+
+
+def test_noisy_targets_give_the_same_solution_in_any_block_size(folders, truth):
+    """With inconsistent targets the solution is the weighted least-squares one, whatever the blocks."""
+    for g in folders:  # add noise so the residual is not zero
+        e = np.load(g / "energy_target.npy")
+        np.save(g / "energy_target.npy", e + np.random.default_rng(5).normal(size=e.shape))
+    rng = np.random.default_rng(4)
+    we, wf = [rng.uniform(0.1, 5, 12) for _ in folders], [rng.uniform(0.1, 5, 12) for _ in folders]
+    sel = [np.arange(12) % 3 != 0, [0, 2, 5, 7, 11]]
+    one = fit_linear(folders, sel, we, wf, configs_per_block=1)
+    all_ = fit_linear(folders, sel, we, wf, configs_per_block=10_000)
+    assert rel(one.beta, all_.beta) < 1e-12 and rel(one.beta0, all_.beta0) < 1e-12
+    assert abs(one.residual_norm - all_.residual_norm) < 1e-12 * all_.residual_norm
+    assert one.residual_norm > 0.1
+
+
+def test_ridge_tends_to_svd_and_shrinks(folders):
+    svd = fit_linear(folders)
+    tiny = fit_linear(folders, solver="RIDGE", alpha=1e-12)
+    assert rel(tiny.beta, svd.beta) < 1e-9 and rel(tiny.beta0, svd.beta0) < 1e-9
+    big = fit_linear(folders, solver="RIDGE", alpha=1e6)
+    mid = fit_linear(folders, solver="RIDGE", alpha=1.0)
+    assert np.linalg.norm(big.beta) < 1e-3 * np.linalg.norm(svd.beta)
+    assert np.linalg.norm(big.beta) < np.linalg.norm(mid.beta) < np.linalg.norm(svd.beta)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"solver": "ANN"}, "solver"),
+        ({"solver": "RIDGE", "alpha": -1.0}, "alpha"),
+        ({"select": [[], np.zeros(12, bool)]}, "select"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field(folders, kwargs, field):
+    with pytest.raises(PotflowInputError) as err:
+        fit_linear(folders, **kwargs)
+    assert str(err.value).startswith(field + ":") and "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the bundled example
+
+GROUPS = ("Displaced_BCC", "Volume_FCC", "Strained_BCC", "Displaced_A15")
+
+
+@pytest.fixture(scope="module")
+def ta_folders(tmp_path_factory, repo_root):
+    tmp = tmp_path_factory.mktemp("ta")
+    cfg = load_config(repo_root / "config.yaml")
+    out = []
+    for group in GROUPS:
+        npz = tmp / f"{group}.npz"
+        import_group(repo_root / "data" / "Ta_example" / f"{group}.xyz", "XYZ", ["Ta"], npz)
+        compute_group_descriptors(cfg, npz, tmp / "desc" / group, group)
+        out.append(tmp / "desc" / group)
+    return out
+
+
+def errors(fit, folders):
+    de, df = [], []
+    for g in folders:
+        e, f = predict(fit, g)
+        de.append((e - np.load(g / "energy_target.npy")) / np.load(g / "natoms.npy"))
+        df.append(f - np.load(g / "force_target.npy"))
+    return np.abs(np.concatenate(de)).max(), np.abs(np.concatenate(df)).max()
+
+
+def test_bundled_example_is_reproduced_and_matches_ta06a(ta_folders):
+    """Ta06A labelled the example: the linear fit reproduces it and finds its coefficients.
+
+    With ``bzeroflag 1`` (config.yaml) LAMMPS's descriptors are B - bzero, bzero_k = j_k + 1
+    (wself = 1, bnormflag 0); Ta06A.snapcoeff is for bzeroflag 0, so beta equals its
+    coefficients 1..K and beta0 = c_0 + beta . bzero.
+    """
+    fit = fit_linear(ta_folders)
+    e_err, f_err = errors(fit, ta_folders)
+    assert e_err < 1e-8 and f_err < 1e-6, (e_err, f_err)
+    lines = (potentials_dir() / "Ta06A.snapcoeff").read_text().splitlines()
+    body = [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
+    coeff = np.array([float(v[0]) for v in body[2:]])
+    assert len(coeff) == fit.beta.shape[1] + 1
+    bzero = np.array([j + 1.0 for _, _, j in bispectrum_triples(6)])
+    assert np.abs(fit.beta[0] - coeff[1:]).max() < 1e-5 * np.abs(coeff[1:]).max(), fit.beta[0] - coeff[1:]
+    assert abs(fit.beta0[0] - (coeff[0] + coeff[1:] @ bzero)) < 1e-5
+
+
+def test_energy_rows_alone_miss_the_forces(ta_folders):
+    """The check bites: a fit on the energies of a few configurations only (forces weighted 0)
+    still matches those energies, but its forces fail the 1e-6 eV/A check."""
+    sel = [np.arange(4), [], [], []]
+    fit = fit_linear(ta_folders, sel, force_weights=[0.0] * 4)
+    assert fit.force_rows == 0
+    e_err, f_err = errors(fit, ta_folders)
+    assert f_err > 1e-3, f_err
