@@ -165,14 +165,14 @@ def test_bundled_example_is_reproduced_and_matches_ta06a(ta_folders):
     """
     fit = fit_linear(ta_folders)
     e_err, f_err = errors(fit, ta_folders)
-    assert e_err < 1e-8 and f_err < 1e-6, (e_err, f_err)
+    assert e_err < 1e-8 and f_err < 1e-6, (e_err, f_err)  # measured 6.5e-9, 2.4e-7 (max)
     lines = (potentials_dir() / "Ta06A.snapcoeff").read_text().splitlines()
     body = [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
     coeff = np.array([float(v[0]) for v in body[2:]])
     assert len(coeff) == fit.beta.shape[1] + 1
     bzero = np.array([j + 1.0 for _, _, j in bispectrum_triples(6)])
-    assert np.abs(fit.beta[0] - coeff[1:]).max() < 1e-5 * np.abs(coeff[1:]).max(), fit.beta[0] - coeff[1:]
-    assert abs(fit.beta0[0] - (coeff[0] + coeff[1:] @ bzero)) < 1e-5
+    assert np.abs(fit.beta[0] - coeff[1:]).max() < 1e-6, fit.beta[0] - coeff[1:]  # measured 1.5e-8
+    assert abs(fit.beta0[0] - (coeff[0] + coeff[1:] @ bzero)) < 1e-6  # measured 1.2e-7
 
 
 def test_energy_rows_alone_miss_the_forces(ta_folders):
@@ -181,5 +181,8 @@ def test_energy_rows_alone_miss_the_forces(ta_folders):
     sel = [np.arange(4), [], [], []]
     fit = fit_linear(ta_folders, sel, force_weights=[0.0] * 4)
     assert fit.force_rows == 0
+    e, _ = predict(fit, ta_folders[0], np.arange(4))
+    n = np.load(ta_folders[0] / "natoms.npy")[:4]
+    assert np.abs((e - np.load(ta_folders[0] / "energy_target.npy")[:4]) / n).max() < 1e-8
     e_err, f_err = errors(fit, ta_folders)
     assert f_err > 1e-3, f_err
