@@ -29,7 +29,7 @@ from potflow.descriptors.folders import open_group
 from potflow.errors import PotflowInputError
 
 SOLVERS = ("SVD", "RIDGE")
-RCOND = 1.0e-13  # singular values below RCOND * s_max are dropped (FitSNAP's SVD solver uses 1e-13)
+RCOND = 1.0e-13  # singular values below RCOND * s_max are dropped
 
 
 @dataclass
