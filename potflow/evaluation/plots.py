@@ -14,12 +14,12 @@ from potflow.errors import PotflowInputError
 from potflow.evaluation.error_files import metrics_table
 from potflow.evaluation.predictions import testing_bool
 from potflow.fileio import atomic_path
+from potflow.workflow.layout import EVALUATION_FIGURES
 
 # Train and test in distinct, colour-blind-safe colours (Okabe-Ito blue and orange).
 COLOURS = {"Train": "#0072B2", "Test": "#D55E00", "Validation": "#009E73"}
-
-
-FIGURES = ("energy_parity", "force_parity", "group_errors", "force_error_histogram")
+# the figures of an evaluation, in the order evaluation_figures draws them (the layout names them)
+FIGURES = EVALUATION_FIGURES
 
 
 def save_figure(fig, png, pdf=None, dpi=150):

@@ -6,6 +6,7 @@ from ase.data import atomic_masses, atomic_numbers
 
 from potflow.errors import PotflowInputError
 from potflow.lammps.session import open_lammps
+from potflow.workflow.layout import EXPORT_SUFFIXES
 
 DIR_VARIABLE = "potflow_dir"
 
@@ -156,14 +157,8 @@ def include_commands(paths):
     ]
 
 
-SUFFIXES = {
-    "model": ".mliap.model",
-    "descriptor": ".mliap.descriptor",
-    "include": ".mod",
-    "torchscript": ".torchscript.pt",
-    "record": ".export.json",
-}
-
+# the exported files' suffixes, as the results layout names them
+SUFFIXES = EXPORT_SUFFIXES
 
 
 def export_paths(out_dir, name):

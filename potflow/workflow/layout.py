@@ -58,7 +58,7 @@ ERROR_FILES = {
     "dump_peratom": "peratom.dat",
     "dump_configs": "configs.pickle",
 }
-# The exported potential's files (the keys of potflow.lammps.inputs.SUFFIXES)
+# The exported potential's files, by kind (potflow.lammps.inputs writes them)
 EXPORT_SUFFIXES = {
     "model": ".mliap.model",
     "descriptor": ".mliap.descriptor",
@@ -81,7 +81,7 @@ MD_COMMITTEE_FILES = {
     "summary": "committee.json",
     "plot": "committee_disagreement.png",
 }
-# The figures of an evaluation (potflow.evaluation.plots.FIGURES draws them), in plots/, and
+# The figures of an evaluation (potflow.evaluation.plots draws them, in this order), in plots/, and
 # those beside them: a fit's loss curves, a committee's uncertainty
 EVALUATION_FIGURES = ("energy_parity", "force_parity", "group_errors", "force_error_histogram")
 LOSS_FIGURE = "loss_curves"
