@@ -22,6 +22,11 @@ CHECKPOINT_FORMAT = "potflow-checkpoint"
 _NOT_IN_RUN = ("num_epochs", "save_state_output", "save_freq", "threads", "device", "model_selection", "memory_budget_mb")
 
 
+def is_checkpoint(rec):
+    """A checkpoint record (not a model file, not None)."""
+    return rec is not None and rec["format"] == CHECKPOINT_FORMAT
+
+
 def model_settings(cfg, model):
     """What a checkpoint must share with the config to be loaded at all."""
     return {"hyperparameters": model.hyperparameters(), "descriptor_key": descriptor_key(cfg)}

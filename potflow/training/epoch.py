@@ -32,7 +32,7 @@ def _batches_of_pass(store, order, sizes):
 
 
 def validation_loss(fit):
-    return set_loss(fit.model, fit.stores["val"], len(fit.val_set), fit.stores["val_batch"], fit.device)
+    return set_loss(fit.model, fit.stores.val, len(fit.val_set), fit.stores.val_batch, fit.device)
 
 
 def train_one_epoch(fit, epoch):
@@ -42,7 +42,7 @@ def train_one_epoch(fit, epoch):
     sizes = batch_sizes(len(fit.train_set), fit.settings["batch_size"])  # the global batches
     # this rank's configurations of each global batch (each batch's whole, in one process)
     mine, my_sizes = collectives.shard_batches(epoch_order(fit), sizes, fit.ranks)
-    batches = _batches_of_pass(fit.stores["train"], mine, my_sizes)
+    batches = _batches_of_pass(fit.stores.train, mine, my_sizes)
     params = list(model.parameters())
     loss_sum = torch.zeros((), dtype=fit.dtype, device=device)
     for n_batch, n_mine in zip(sizes.tolist(), my_sizes.tolist(), strict=True):

@@ -107,8 +107,8 @@ def _announce(fit, source):
         f"potflow training: {len(fit.train_set)} train / {len(fit.val_set)} validation / "
         f"{len(fit.data.ids('test'))} test configurations, {fit.data.num_desc} descriptors, "
         f"option {int(fit.model.layout)}, {tcfg['dtype']} on {fit.device}, "
-        f"{torch.get_num_threads()} thread(s), data {'streamed' if stores['stream'] else 'in memory'} "
-        f"({stores['total_bytes'] / 2**20:.1f} MB{' per process' if ranks.world > 1 else ''}), start: {source}"
+        f"{torch.get_num_threads()} thread(s), data {'streamed' if stores.streamed else 'in memory'} "
+        f"({stores.total_bytes / 2**20:.1f} MB{' per process' if ranks.world > 1 else ''}), start: {source}"
         + (f", {ranks.world} processes" if ranks.world > 1 else "")
         + (f" at epoch {fit.epochs_done}" if fit.epochs_done else "")
     )
@@ -155,18 +155,17 @@ def _train(cfg, folders, paths, progress, stream):
     print(f"model: {paths.model} ({info['selection']} epoch {info['epoch']}, validation loss {info['val_loss']})")
     return {
         "info": info, "history": fit.history, "epochs_done": fit.epochs_done,
-        "streamed": fit.stores["stream"], "epoch_seconds": epoch_seconds,
+        "streamed": fit.stores.streamed, "epoch_seconds": epoch_seconds,
         "initial_val_loss": initial_val, "last_state": fit.last_state,
     }  # fmt: skip
 
 
 def _evaluate_without_training(fit):
     """Nothing was trained: the losses of the loaded model as it is."""
-    stores, bs = fit.stores, fit.settings["batch_size"]
-    train_eval = stores["new_train_store"]()
-    batch = big_batch(train_eval, bs) if stores["stream"] else None
+    stores = fit.stores
+    batch = big_batch(stores.train, fit.settings["batch_size"]) if stores.streamed else None
     evaluated = (
-        set_loss(fit.model, train_eval, len(fit.train_set), batch, fit.device),
+        set_loss(fit.model, stores.train, len(fit.train_set), batch, fit.device),
         validation_loss(fit),
     )
     print(f"evaluation of {fit.start.source} (no training): train/val loss: {evaluated[0]} {evaluated[1]}")

@@ -7,8 +7,6 @@
 
 import math
 
-from potflow.training.checkpoints import CHECKPOINT_FORMAT
-
 
 class ModelSelection:
     """The best validation epoch so far, and the count of epochs since it improved."""
@@ -66,7 +64,3 @@ def select_model(model, setting, selection, history, start, trained_to):
     row = rows.get(info["epoch"], [info["epoch"], math.nan, math.nan])
     info.update(train_loss=float(row[1]), val_loss=float(row[2]))
     return info
-
-
-def is_checkpoint(rec):
-    return rec is not None and rec["format"] == CHECKPOINT_FORMAT

@@ -17,6 +17,7 @@ from potflow.models.files import model_from_record
 from potflow.models.network import AtomicEnergyModel
 from potflow.training import collectives
 from potflow.training.checkpoints import (
+    is_checkpoint,
     model_settings,
     restore_optimisation,
     run_settings,
@@ -24,7 +25,7 @@ from potflow.training.checkpoints import (
 )
 from potflow.training.datasets import ConfigSet, FitData
 from potflow.training.loss import big_batch
-from potflow.training.selection import ModelSelection, is_checkpoint
+from potflow.training.selection import ModelSelection
 from potflow.training.stores import make_store
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -42,6 +43,17 @@ class StartState:
     @property
     def is_model_file(self):
         return self.record is not None and not is_checkpoint(self.record)
+
+
+@dataclass
+class TrainingStores:
+    """This process's training and validation configurations, ready for the network."""
+
+    train: Any  # MemoryStore or StreamStore
+    val: Any  # None without validation configurations
+    val_batch: int  # configurations per graph-free validation batch
+    streamed: bool
+    total_bytes: int  # prepared size of this process's share
 
 
 @dataclass
@@ -66,7 +78,7 @@ class Fit:
     selection: ModelSelection
     epochs_done: int = 0
     history: list = field(default_factory=list)
-    stores: dict = field(default_factory=dict)  # train/val stores and how they were built
+    stores: "TrainingStores | None" = None
     last_state: dict | None = None  # the last epoch's weights, once the fit has ended
 
     @property
@@ -208,17 +220,12 @@ def make_stores(fit, stream=None):
     if stream is None:
         stream = budget is not None and total_bytes > budget
     share = None if budget is None else budget // 2
-    layout, dtype, device = fit.model.layout, fit.dtype, fit.device
-
-    def store(configs):  # (refers to no Fit: a cycle would keep the stores alive after the fit)
-        return make_store(configs, shift, scale, layout, dtype, device, share, stream)
-
-    train_store = store(train_mine)
-    val_store = store(val_mine) if len(val_mine) else None
+    layout = fit.model.layout
+    train_store = make_store(train_mine, shift, scale, layout, fit.dtype, fit.device, share, stream)
+    val_store = None
+    if len(val_mine):
+        val_store = make_store(val_mine, shift, scale, layout, fit.dtype, fit.device, share, stream)
     # no graph in validation: big batches, as many configurations as a streamed chunk holds
     val_bs = len(val_mine) if not stream else big_batch(val_store, tcfg["batch_size"])
-    return {
-        "train": train_store, "val": val_store, "val_batch": val_bs, "stream": bool(stream),
-        "total_bytes": total_bytes, "new_train_store": lambda: store(train_mine),
-    }  # fmt: skip
+    return TrainingStores(train_store, val_store, val_bs, bool(stream), total_bytes)
 
