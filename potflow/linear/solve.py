@@ -78,14 +78,14 @@ class StreamedLeastSquares:
         ``ridge`` (P,) adds diag(ridge) rows with zero right-hand side (sqrt(alpha) on beta).
         Returns x, rank, singular values and |A x - b| (without the ridge rows).
         """
-        r, qtb, rho = self.factors()
+        r0, qtb0, rho = self.factors()
+        r, qtb = r0, qtb0
         if ridge is not None:
-            r = np.vstack([r, np.diag(ridge)])
-            qtb = np.concatenate([qtb, np.zeros(len(ridge))])
+            r = np.vstack([r0, np.diag(ridge)])
+            qtb = np.concatenate([qtb0, np.zeros(len(ridge))])
         u, s, vt = np.linalg.svd(r, full_matrices=False)
         keep = s > rcond * s[0] if len(s) and s[0] > 0 else np.zeros(len(s), bool)
         x = vt[keep].T @ ((u[:, keep].T @ qtb) / s[keep])
-        r0, qtb0, _ = self.factors()
         misfit = np.sqrt(np.sum((r0 @ x - qtb0) ** 2) + rho**2)
         return x, int(keep.sum()), s, float(misfit)
 
@@ -112,8 +112,9 @@ def _per_config(weights, m_total, folder, name):
     return w
 
 
-def config_rows(arrays, m, n_elements, atom_start):
-    """Unweighted design rows of configuration m: energy row (P,) and force rows (3N, P).
+def config_rows(arrays, m, n_elements, atom_start, with_forces=True):
+    """Unweighted design rows of configuration m: energy row (P,) and force rows (3N, P)
+    (None without ``with_forces``).
 
     Column layout: element e owns columns e (K + 1) .. e (K + 1) + K (beta_e, then beta0_e).
     The energy row is the total energy's; divide by N for energy per atom.
@@ -126,6 +127,8 @@ def config_rows(arrays, m, n_elements, atom_start):
     energy = np.zeros((n_elements, k + 1))
     np.add.at(energy, (t, slice(None, k)), b)
     np.add.at(energy[:, k], t, 1.0)
+    if not with_forces:
+        return energy.ravel(), None
     p0, p1 = arrays["grad_ptr"][m], arrays["grad_ptr"][m + 1]
     g = np.asarray(arrays["grad_values"][p0:p1], float)
     idx = np.asarray(arrays["grad_index"][p0:p1], np.int64)
@@ -167,11 +170,12 @@ def fit_linear(folders, select=None, energy_weights=None, force_weights=None, so
             raise PotflowInputError(folder, "force_weights > 0 but the folder stores no gradients (energy-only descriptors)")
         atom_start = np.concatenate([[0], np.cumsum(arrays["natoms"])])
         n_conf += len(sel)
-        for start in range(0, len(sel), max(1, int(configs_per_block))):
+        block = max(1, int(configs_per_block))
+        for start in range(0, len(sel), block):
             rows, rhs = [], []
-            for m in sel[start : start + max(1, int(configs_per_block))]:
+            for m in sel[start : start + block]:
                 n = int(arrays["natoms"][m])
-                e_row, f_rows = config_rows(arrays, m, len(elements), atom_start)
+                e_row, f_rows = config_rows(arrays, m, len(elements), atom_start, wf[m] > 0)
                 if we[m] > 0:
                     s = np.sqrt(we[m]) / n
                     rows.append(s * e_row[None])
