@@ -118,7 +118,7 @@ def test_predictions_on_the_device_equal_the_cpu_in_float64(tawb, option):
     index = np.asarray(a["grad_index"]).astype(np.int64)
     index[:, :2] += first_atom[config_of_row, None]
     inputs = [a["descriptors"], a["atom_types"], a["natoms"], a["grad_values"], index]
-    inputs = [torch.as_tensor(np.asarray(x)) for x in inputs]
+    inputs = [torch.as_tensor(np.array(x)) for x in inputs]  # copies of the mapped arrays
 
     def run(device):
         m = model.to(device)

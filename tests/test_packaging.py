@@ -12,6 +12,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from tiny_ta import ZBL
 
 try:
     import tomllib
@@ -211,10 +212,7 @@ NOT_WORKFLOW = shutil.ignore_patterns(
 TINY_RUN = {
     "path": {"dataPath": "tiny"},
     "scraper": {"scraper": "XYZ"},
-    "reference": {
-        "pair_style": "hybrid/overlay zero 10.0 zbl 4.0 4.8",
-        "pair_coeff": ["* * zero", "* * zbl 73 73"],
-    },
+    "reference": dict(ZBL),
     "pytorch": {"layer_sizes": ["num_desc", 8, 1], "num_epochs": 2, "batch_size": 2},
     "md": {"enabled": False},
 }
