@@ -24,10 +24,6 @@ def repo_root():
     return ROOT
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (python -m pytest -m gpu on a GPU machine)")
-
-
 @pytest.fixture(scope="module")
 def ta(tmp_path_factory):
     """One element (Ta), two synthetic groups of 12 and 9 configurations: (config, folders)."""
