@@ -5,6 +5,9 @@
 exported = lambda fit, kind: layout.exported(
     fit, FITS[fit]["outfile"]["potential"], kind
 )
+exported_snap = lambda fit, kind: layout.exported_snap(
+    fit, FITS[fit]["outfile"]["potential"], kind
+)
 
 
 rule export_lammps:
@@ -26,3 +29,27 @@ rule export_lammps:
         config=lambda w: FITS[w.fit],
     script:
         "../workflow_scripts/export.py"
+
+
+rule export_snap:
+    """A linear fit (solver SVD or RIDGE) as FitSNAP's pair_style snap files, checked in LAMMPS."""
+    input:
+        layout.model("{fit}"),
+    output:
+        coeff=layout.exported_snap("{fit}", "{potential}", "coeff"),
+        param=layout.exported_snap("{fit}", "{potential}", "param"),
+        include=layout.exported_snap("{fit}", "{potential}", "include"),
+        record=layout.exported_snap("{fit}", "{potential}", "record"),
+    log:
+        layout.export_log("{fit}", "{potential}.snap"),
+    conda:
+        "../envs/potflow.yaml"
+    threads: 1
+    params:
+        config=lambda w: FITS[w.fit],
+    script:
+        "../workflow_scripts/export.py"
+
+
+# {potential}.snap.mod would also match export_lammps's {potential}.mod (potential "X.snap")
+ruleorder: export_snap > export_lammps

@@ -10,13 +10,16 @@ TRAINING_SECTIONS = (
     "eshift",
     "groups",
     "pytorch",
+    "solver",
+    "ridge",
 )
 # FitSNAP's pytorch.save_state_output: the same for every fit (the config check refuses it in a fit)
 CHECKPOINT = POTFLOW["pytorch"]["save_state_output"]
 
 
 rule train:
-    """Fit the network on the training groups' descriptors (FitSNAP's [PYTORCH] settings).
+    """Fit the network on the training groups' descriptors (FitSNAP's [PYTORCH] settings),
+    or solve the linear SNAP fit (solver SVD or RIDGE: no epochs, no GPU).
 
     The running state is kept in resume.pt beside the outputs, which Snakemake does not
     delete: rerunning the rule after an interruption continues from the last saved epoch.
@@ -37,7 +40,7 @@ rule train:
     # resources.train_gpus > 1: one training process per GPU, started by torchrun
     threads: max(1, POTFLOW["resources"]["train_gpus"])
     resources:
-        gpu=POTFLOW["resources"]["train_gpus"],
+        gpu=lambda w: 0 if pfconfig.is_linear(FITS[w.fit]) else POTFLOW["resources"]["train_gpus"],
         mem_mb=lambda w: max(1, POTFLOW["resources"]["train_gpus"])
         * (1500 + (FITS[w.fit]["pytorch"]["memory_budget_mb"] or 8000)),
     params:

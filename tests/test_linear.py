@@ -1,11 +1,13 @@
 """Linear SNAP (potflow/linear): exact recovery on synthetic data and on the bundled example."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from potflow.config.load import load_config
+from potflow.config.load import load_config, prepare_config
 from potflow.data.structures import import_group
 from potflow.descriptors.compute import compute_group_descriptors
 from potflow.descriptors.folders import ARRAYS, META
@@ -186,3 +188,101 @@ def test_energy_rows_alone_miss_the_forces(ta_folders):
     assert np.abs((e - np.load(ta_folders[0] / "energy_target.npy")[:4]) / n).max() < 1e-8
     e_err, f_err = errors(fit, ta_folders)
     assert f_err > 1e-3, f_err
+
+
+def test_eshift_moves_only_the_constants_and_blocks_follow_the_memory_budget(folders, truth):
+    """eshift adds sum_i eshift[element_i] to each energy target: exactly a shift of beta0.
+    Blocks sized by a tiny memory budget (256 rows) give the same solution as one block.
+    Catches: eshift added per configuration instead of per atom; a block left unsolved."""
+    beta, beta0 = truth
+    shift = np.array([0.25, -1.5])
+    fit = fit_linear(folders, eshift=shift, memory_mb=1e-6)
+    assert rel(fit.beta, beta) < 1e-10 and rel(fit.beta0, beta0 + shift) < 1e-10
+    assert fit.configs == 24 and fit.loss < 1e-18
+
+
+# ----------------------------------------------------------------------------- the workflow's fit
+
+
+def test_linear_fit_writes_the_training_files_as_an_exact_model(ta, tmp_path):
+    """train_linear writes model.pt, checkpoint, loss and split; model.pt's network gives the
+    solve's predictions to round-off, fitted on train (no val) with the groups' weights and eshift.
+    Catches: the model's weights out of step with beta (wrong layout, shift/scale, dtype)."""
+    from synthetic import paths as train_paths
+
+    from potflow.data.splits import read_split
+    from potflow.descriptors.folders import open_group
+    from potflow.evaluation.predictions import predict_group
+    from potflow.linear.fit import train_linear
+    from potflow.models.files import load_model
+
+    cfg, folders = ta
+    cfg = dict(cfg, solver={"solver": "RIDGE"}, ridge={"alpha": 1e-6}, eshift={"Ta": 0.3})
+    out = train_linear(cfg, folders, train_paths(tmp_path))
+    coefficients = out["coefficients"]
+    split = read_split(tmp_path / "split.tsv")
+    assert set(split["set"]) == {"train", "test"}
+    assert coefficients.configs == (split["set"] == "train").sum()
+    model, info = load_model(tmp_path / "model.pt")
+    assert model.shift.dtype == torch.float64 and info["solver"] == "RIDGE" and info["alpha"] == 1e-6
+    loss = np.loadtxt(tmp_path / "loss_vs_epochs.dat")
+    assert loss[0] == 0 and loss[1] == pytest.approx(coefficients.loss) and np.isnan(loss[2])
+    for folder in folders:
+        e, f = predict(coefficients, folder)
+        energy, forces, _ = predict_group(model, open_group(folder)[0], with_forces=True)
+        np.testing.assert_allclose(energy, e, rtol=0, atol=1e-12 * np.abs(e).max())
+        np.testing.assert_allclose(forces, f, rtol=0, atol=1e-12 * np.abs(f).max())
+
+
+# ----------------------------------------------------------------------------- pair_style snap
+
+
+@pytest.mark.parametrize(
+    ("system", "flags"),
+    [
+        ("Ta", {"bzeroflag": 1}),
+        ("Ta", {"bzeroflag": 0}),
+        ("WBe", {"bzeroflag": 1}),
+        ("WBe", {"bzeroflag": 1, "chemflag": 1}),
+    ],
+    ids=["Ta-bzero1", "Ta-bzero0", "WBe", "WBe-chemflag1"],
+)
+def test_pair_style_snap_export_reproduces_the_fit_in_lammps(system, flags, shared_data, tmp_path):
+    """Fit linear SNAP on two configurations, export .snapcoeff/.snapparam/.snap.mod, and run
+    held-out configurations (one in a sheared cell) through LAMMPS's pair_style snap over ZBL:
+    energies, per-atom energies and forces equal the fit's to 1e-8.
+    Catches: a wrong constant (bzero), a flag not mirrored, a column order or element mix-up."""
+    from test_export import SYSTEMS, assert_lammps_matches_torch, make_config, read_configs, sheared
+
+    from potflow.lammps.inputs import SNAP_SUFFIXES, export_paths
+    from potflow.lammps.snap import export_snap
+    from potflow.linear.fit import linear_model
+
+    cfg = make_config(system, True, **flags)
+    elements = cfg["bispectrum"]["type"]
+    data = tmp_path / "fit"
+    data.mkdir()
+    for f in SYSTEMS[system]["fit"]:
+        (data / Path(f).name).symlink_to(shared_data / f)
+    import_group(data, "JSON", elements, tmp_path / "fit.npz")
+    compute_group_descriptors(cfg, tmp_path / "fit.npz", tmp_path / "desc", "fit")
+    coefficients = fit_linear([tmp_path / "desc"], force_weights=[100.0])
+    model = linear_model(coefficients)
+    record = export_snap(model, cfg, tmp_path / "out", "pot")
+    assert record["self_check"]["force"] < 1e-8
+    snap = export_paths(tmp_path / "out", "pot", SNAP_SUFFIXES)
+    assert "pair_style hybrid/overlay zbl 4.0 4.8 snap" in snap["include"].read_text()
+    assert f"bzeroflag {flags['bzeroflag']}" in snap["param"].read_text()
+    configs = read_configs(shared_data, SYSTEMS[system]["held_out"], elements)
+    configs.append(sheared(configs[0], np.random.default_rng(1)))
+    assert_lammps_matches_torch(model, cfg, snap, configs)
+
+
+def test_pair_style_snap_export_refuses_a_network(tmp_path):
+    """Only a model without hidden layers is linear SNAP."""
+    from potflow.lammps.snap import export_snap
+    from potflow.models.network import AtomicEnergyModel
+
+    cfg = prepare_config({"bispectrum": {"twojmax": 2}})
+    with pytest.raises(PotflowInputError, match="pair_style snap needs a linear model"):
+        export_snap(AtomicEnergyModel(5, [3], ["Ta"], 2, "linear"), cfg, tmp_path, "pot")

@@ -1,8 +1,10 @@
-"""Training rules (train, train_member): fit the network, in one process or one per GPU."""
+"""Training rules (train, train_member): fit the network, in one process or one per GPU, or
+solve a linear fit (solver SVD or RIDGE) exactly."""
 
 import json
 from pathlib import Path
 
+from potflow.config.load import is_linear
 from potflow.errors import PotflowInputError
 from potflow.training.gpus import GpuClaimError, claim_gpus
 from potflow.workflow.rulescript import run_rule
@@ -30,7 +32,11 @@ def body():
         )
         cfg = json.loads(sm.params.settings)  # the sections training depends on
         folders = list(sm.input.descriptors)
-        if gpus > 1:  # one process per GPU (torchrun); without GPUs they share the CPUs
+        if is_linear(cfg):  # no epochs: the exact least-squares solution
+            from potflow.linear.fit import train_linear
+
+            train_linear(cfg, folders, paths)
+        elif gpus > 1:  # one process per GPU (torchrun); without GPUs they share the CPUs
             from potflow.training.launch import run_torchrun
 
             run_torchrun(gpus, cfg, folders, paths)

@@ -4,6 +4,7 @@ Under torchrun each process runs this command; they join one process group
 (``potflow.training.collectives``) and train data-parallel.
 """
 
+from potflow.config.load import is_linear
 from potflow.errors import PotflowInputError
 from potflow.training.collectives import finish, init_from_env
 from potflow.training.launch import job_from_config, read_job
@@ -12,7 +13,7 @@ from potflow.training.loop import train
 
 def configure_parser(parser):
     parser.description = (
-        "Fit the network on computed descriptors. Run it under torchrun to train in several "
+        "Fit the network (or, with solver SVD or RIDGE, the linear SNAP) on computed descriptors. Run it under torchrun to train in several "
         "processes (one per GPU, on one or more nodes): "
         "torchrun --nproc-per-node 4 -m potflow.cli train --config config.yaml"
     )
@@ -28,6 +29,11 @@ def run_command(args):
         cfg, folders, paths = read_job(args.job)
     else:
         cfg, folders, paths = job_from_config(args.config, args.results, args.fit)
+    if is_linear(cfg):  # solver SVD or RIDGE: one exact solve, in this process
+        from potflow.linear.fit import train_linear
+
+        train_linear(cfg, folders, paths)
+        return 0
     me = init_from_env(cfg["pytorch"]["device"])
     ok = False
     try:

@@ -28,18 +28,18 @@ from pathlib import Path
 import yaml
 
 from potflow.config.groups import discover_groups, named_groups
-from potflow.config.load import load_config, prepare_config
+from potflow.config.load import (
+    LINEAR_SOLVERS,
+    NETWORK_SOLVER,
+    OTHER_FITSNAP_SOLVERS,
+    load_config,
+    prepare_config,
+)
 from potflow.errors import PotflowInputError
 
-NOT_NN = "not supported: potflow fits neural networks"
-
-
-LINEAR_SOLVERS = ("SVD", "RIDGE", "LASSO", "ARD", "SLATE", "ANL", "MCMC", "OPT", "BCS", "SCALAPACK")
-
-
-# Sections that only a linear or non-PyTorch solver reads: FitSNAP itself refuses them next
-# to a solver of another name, so their presence means the input is not a PyTorch fit.
-SOLVER_SECTIONS = ("RIDGE", "LASSO", "ARD", "SLATE", "JAX", "NETWORK")
+# Sections that only one solver reads: FitSNAP itself refuses them next to a solver of
+# another name. potflow reads [PYTORCH] (solver PYTORCH) and [RIDGE] (solver RIDGE).
+SOLVER_SECTIONS = {"PYTORCH": "PYTORCH", "RIDGE": "RIDGE", "LASSO": "LASSO", "ARD": "ARD", "SLATE": "SLATE", "JAX": "JAX", "NETWORK": "NETWORK"}
 
 
 DESCRIPTOR_SECTIONS = ("ACE", "PYACE", "CUSTOM", "BASIC")
@@ -47,7 +47,7 @@ DESCRIPTOR_SECTIONS = ("ACE", "PYACE", "CUSTOM", "BASIC")
 
 # Output order of the YAML sections (the schema's order).
 SECTION_ORDER = (
-    "bispectrum", "calculator", "eshift", "pytorch", "solver", "scraper", "path", "outfile",
+    "bispectrum", "calculator", "eshift", "pytorch", "solver", "ridge", "scraper", "path", "outfile",
     "reference", "groups", "extras",
 )  # fmt: skip
 
@@ -226,6 +226,7 @@ CONVERTED = {
         "shuffle_flag": ("shuffle_flag", _flag),
         "dtype_setting": ("dtype", _dtype_setting),
     },
+    "RIDGE": {"alpha": ("alpha", _float)},
     "SCRAPER": {"scraper": ("scraper", _scraper)},
     "OUTFILE": {"metrics": ("metrics", _file_name), "potential": ("potential", _file_name)},
     "REFERENCE": {
@@ -248,7 +249,7 @@ IGNORED = {
     "SOLVER": {
         "compute_testerrs": "potflow always reports test-set errors",
         "detailed_errors": "potflow always writes per-group errors and peratom/perconfig files",
-        **dict.fromkeys(LINEAR_SOLVER_KEYS, "read only by FitSNAP's linear solvers"),
+        **dict.fromkeys(LINEAR_SOLVER_KEYS, "read only by FitSNAP's other solvers (not by SVD or RIDGE)"),
     },
     "MEMORY": {
         "memory": "potflow memory-maps descriptor files instead of sizing shared arrays",
@@ -259,7 +260,7 @@ IGNORED = {
         "linear-model dumps; descriptors are kept in results/descriptors/{key}/{group}/",
     ),
     "OUTFILE": {
-        "output_style": "potflow writes LAMMPS ML-IAP files for the network",
+        "output_style": "potflow writes LAMMPS ML-IAP files (and pair_style snap files for a linear fit)",
         "metrics_style": "potflow writes FitSNAP's metrics table layout",
         "detailed_errors": "potflow always writes per-group errors",
         **dict.fromkeys(
@@ -267,6 +268,7 @@ IGNORED = {
         ),
     },
     "PYTORCH": {"output_file": "potflow names the exported model after [OUTFILE] potential"},
+    "RIDGE": {"local_solver": "potflow solves the ridge problem itself (QR and SVD), as FitSNAP's local solver"},
     "CALCULATOR": {
         "dee": "detailed error files: potflow writes perconfig.dat and peratom.dat",
         "dfe": "detailed error files: potflow writes perconfig.dat and peratom.dat",
@@ -435,15 +437,19 @@ class _Converter:
     def check_solver(self):
         # FitSNAP's default solver is SVD; a [PYTORCH] section alone is clear enough.
         default = "PYTORCH" if "PYTORCH" in self.sections else "SVD"
-        solver = self.sections.get("SOLVER", {}).get("solver", default).strip()
-        if solver.upper() != "PYTORCH":
-            kind = "a linear solver" if solver.upper() in LINEAR_SOLVERS else "not PyTorch"
-            self.fail("SOLVER", "solver", f"{solver} is {kind}; {NOT_NN} (solver = PYTORCH)")
-        for name in SOLVER_SECTIONS:
-            if name in self.sections:
-                self.fail(name, None, f"section of another solver; {NOT_NN} with [PYTORCH]")
-        if "PYTORCH" not in self.sections:
-            self.fail("PYTORCH", None, f"section missing; {NOT_NN} (add a [PYTORCH] section)")
+        text = self.sections.get("SOLVER", {}).get("solver", default).strip()
+        solver = text.upper()
+        known = ", ".join((NETWORK_SOLVER, *LINEAR_SOLVERS))
+        if solver in OTHER_FITSNAP_SOLVERS:
+            self.fail("SOLVER", "solver", f"FitSNAP's solver {text} is not implemented; use {known}")
+        if solver not in (NETWORK_SOLVER, *LINEAR_SOLVERS):
+            self.fail("SOLVER", "solver", f"unknown solver {text}; use {known}")
+        for name, owner in SOLVER_SECTIONS.items():
+            if name in self.sections and owner != solver:
+                self.fail(name, None, f"section of the {owner} solver, but [SOLVER] solver is {solver}")
+        if solver == NETWORK_SOLVER and "PYTORCH" not in self.sections:
+            self.fail("PYTORCH", None, "section missing: solver = PYTORCH fits the network it describes")
+        self.solver = solver
 
     def generic(self, name, items, skip=()):
         converted = CONVERTED.get(name, {})
@@ -492,8 +498,11 @@ class _Converter:
                 self.put("pytorch", "save_state_input", self.resolve(text))
 
     def section_solver(self, name, items):
-        self.put("solver", "solver", "PYTORCH")
+        self.put("solver", "solver", self.solver)
         self.generic(name, items, skip=("solver",))
+
+    def section_ridge(self, name, items):
+        self.generic(name, items)
 
     def section_scraper(self, name, items):
         self.generic(name, items)
@@ -625,12 +634,14 @@ class _Converter:
     # after all sections
     def apply_fitsnap_defaults(self):
         for section, key, value in FITSNAP_DEFAULTS:
+            if section == "pytorch" and self.solver != NETWORK_SOLVER:
+                continue  # a linear fit has no network
             if key not in self.cfg.get(section, {}):
                 if (section, key) == ("path", "dataPath"):
                     value = self.resolve(value)
                 self.put(section, key, copy.deepcopy(value))
                 self.defaults.append(f"{section}.{key}")
-        self.cfg.setdefault("solver", {})["solver"] = "PYTORCH"
+        self.cfg.setdefault("solver", {})["solver"] = self.solver
 
     def exclude_unlisted_groups(self):
         """FitSNAP fits only the groups [GROUPS] lists; potflow fits every group it finds."""

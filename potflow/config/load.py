@@ -24,6 +24,24 @@ LAMMPS_ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu")
 TORCH_ACTIVATIONS = LAMMPS_ACTIVATIONS + ("silu", "softplus")
 
 
+# solver.solver: the network, or linear SNAP solved exactly (potflow.linear)
+NETWORK_SOLVER = "PYTORCH"
+LINEAR_SOLVERS = ("SVD", "RIDGE")
+# FitSNAP's other solvers: named in the refusal, so a FitSNAP user knows it is not a typo
+OTHER_FITSNAP_SOLVERS = ("LASSO", "ARD", "SLATE", "ANL", "MCMC", "OPT", "BCS", "SCALAPACK", "JAX", "NETWORK")
+
+
+# pytorch keys a linear fit reads as well: FitSNAP's global weights and training fraction (they
+# override the groups'), the memory budget of the streamed solve, the shared checkpoint name
+# and the CPU threads. Every other pytorch key configures the network only.
+LINEAR_PYTORCH_KEYS = ("energy_weight", "force_weight", "training_fraction", "memory_budget_mb", "save_state_output", "threads")
+
+
+def is_linear(cfg):
+    """A linear SNAP fit (solver.solver SVD or RIDGE), not a network."""
+    return str(cfg["solver"]["solver"]).upper() in LINEAR_SOLVERS
+
+
 def load_schema():
     with open(SCHEMA_PATH) as fh:
         return yaml.safe_load(fh)
@@ -84,9 +102,7 @@ def check_config(cfg, source="config"):
         )
     if not (bis["bikflag"] and bis["dgradflag"]):
         bad("bispectrum.bikflag/dgradflag", "must both be 1: forces need per-atom descriptor gradients")
-    solver = cfg["solver"]["solver"]
-    if solver.upper() != "PYTORCH":
-        bad("solver.solver", f"'{solver}' is not supported: potflow fits neural networks (use PYTORCH)")
+    check_solver(cfg, bad)
     torch_cfg = cfg["pytorch"]
     layers = torch_cfg["layer_sizes"]
     if layers[0] != "num_desc" and not isinstance(layers[0], int):
@@ -126,6 +142,47 @@ def check_config(cfg, source="config"):
         if isinstance(value, float) and not math.isfinite(value):
             bad(f"pytorch.{key}", "must be a finite number")
     return cfg
+
+
+def check_solver(cfg, bad):
+    """solver.solver is PYTORCH, SVD or RIDGE (written in capitals from here on)."""
+    name = str(cfg["solver"]["solver"])
+    solver = name.upper()
+    known = (NETWORK_SOLVER, *LINEAR_SOLVERS)
+    if solver in OTHER_FITSNAP_SOLVERS:
+        bad("solver.solver", f"FitSNAP's solver {name} is not implemented; use {', '.join(known)}")
+    if solver not in known:
+        bad("solver.solver", f"unknown solver '{name}'; use {', '.join(known)}")
+    cfg["solver"]["solver"] = solver
+    if solver in LINEAR_SOLVERS and cfg["committee"]["members"] > 1:
+        bad(
+            "committee.members",
+            f"a linear fit (solver.solver {solver}) is exact and has no random start: its "
+            "committee members would be identical; use members: 1",
+        )
+
+
+def network_keys_set(pytorch, explicit=False):
+    """pytorch keys that only a network reads, set in ``pytorch`` (a config's section, or one
+    fit's overrides): those that differ from the schema's defaults, or with ``explicit`` every
+    one that is there at all."""
+    defaults = apply_schema({})["pytorch"]
+    return [
+        key for key, value in pytorch.items()
+        if key not in LINEAR_PYTORCH_KEYS and (explicit or value != defaults.get(key))
+    ]  # fmt: skip
+
+
+def check_linear_fit_keys(pytorch, source, field="pytorch", explicit=False):
+    """A linear fit asked to use a network-only key is refused (it would be ignored)."""
+    keys = network_keys_set(pytorch or {}, explicit)
+    if keys:
+        raise PotflowInputError(
+            source,
+            f"config field '{field}.{keys[0]}': a network setting, but the fit is linear "
+            f"(solver.solver SVD/RIDGE reads only {', '.join(f'pytorch.{k}' for k in LINEAR_PYTORCH_KEYS)}); "
+            "remove it, or use solver PYTORCH",
+        )
 
 
 def prepare_config(cfg, source="config"):

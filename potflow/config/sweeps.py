@@ -26,7 +26,7 @@ import re
 
 import yaml
 
-from potflow.config.load import prepare_config
+from potflow.config.load import check_linear_fit_keys, is_linear, prepare_config
 from potflow.descriptors.settings import descriptor_key
 from potflow.errors import PotflowInputError
 from potflow.hashing import settings_hash
@@ -162,17 +162,23 @@ def expand_fits(cfg, source="config"):
         if bad:
             raise PotflowInputError(source, f"config field 'fits.{name}.{bad[0]}': not allowed inside a fit")
     if not named and not points:
-        return {DEFAULT_FIT: _without_sweep_keys(prepare_config(base, source))}
+        one = prepare_config(base, source)
+        if is_linear(one):
+            check_linear_fit_keys(one["pytorch"], source)
+        return {DEFAULT_FIT: _without_sweep_keys(one)}
     combos = []
     for fit, fit_over in named.items() or [(None, {})]:
         for point, point_over in points or [(None, {})]:
             name = "_".join(n for n in (fit, point) if n)
-            combos.append((name, deep_merge(fit_over, point_over)))
+            combos.append((name, fit, fit_over, point_over))
     fits = {}
-    for name, overrides in combos:
+    for name, fit, fit_over, point_over in combos:
         where = f"{source} (fit '{name}')"
-        fit_cfg = prepare_config(deep_merge(base, overrides), where)
+        fit_cfg = prepare_config(deep_merge(base, deep_merge(fit_over, point_over)), where)
         check_shared(fit_cfg, base, name, where)
+        if is_linear(fit_cfg):  # the base's network settings serve its other fits
+            check_linear_fit_keys(fit_over.get("pytorch"), where, f"fits.{fit}.pytorch", explicit=True)
+            check_linear_fit_keys(point_over.get("pytorch"), where, "sweep.pytorch", explicit=True)
         fits[name] = _without_sweep_keys(fit_cfg)
     return fits
 

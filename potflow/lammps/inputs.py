@@ -6,7 +6,7 @@ from ase.data import atomic_masses, atomic_numbers
 
 from potflow.errors import PotflowInputError
 from potflow.lammps.session import open_lammps
-from potflow.workflow.layout import EXPORT_SUFFIXES
+from potflow.workflow.layout import EXPORT_SUFFIXES, SNAP_EXPORT_SUFFIXES
 
 DIR_VARIABLE = "potflow_dir"
 
@@ -100,23 +100,35 @@ def reference_terms(cfg, where="config"):
             "config field 'reference.pair_style': a plain hybrid with several potentials cannot be "
             "overlaid with the network; write it as hybrid/overlay",
         )
-    if any(name.startswith("mliap") for name, _ in kept):
-        raise PotflowInputError(where, "config field 'reference.pair_style' already contains mliap")
+    for ml in ("mliap", "snap"):
+        if any(name.startswith(ml) for name, _ in kept):
+            raise PotflowInputError(where, f"config field 'reference.pair_style' already contains {ml}")
     return kept, coeffs
+
+
+def overlay_commands(cfg, style, coeff_files=()):
+    """``pair_style``/``pair_coeff`` commands that run the fitted potential (pair style
+    ``style``, its files ``coeff_files`` in its pair_coeff line) on top of the reference."""
+    subs, coeffs = reference_terms(cfg)
+    name = style.split()[0]
+    args = " ".join([*coeff_files, *cfg["bispectrum"]["type"]])
+    if not subs:
+        return [f"pair_style {style}", f"pair_coeff * * {args}"]
+    styles = " ".join(" ".join([sub, *sub_args]) for sub, sub_args in subs)
+    lines = [f"pair_style hybrid/overlay {styles} {style}"]
+    lines += [f"pair_coeff {c}" for c in coeffs]
+    lines.append(f"pair_coeff * * {name} {args}")
+    return lines
 
 
 def pair_commands(cfg, model_file, descriptor_file):
     """The ``pair_style`` and ``pair_coeff`` commands that run the network plus the reference."""
-    subs, coeffs = reference_terms(cfg)
-    mliap = f"mliap model nn {model_file} descriptor sna {descriptor_file}"
-    elements = " ".join(cfg["bispectrum"]["type"])
-    if not subs:
-        return [f"pair_style {mliap}", f"pair_coeff * * {elements}"]
-    styles = " ".join(" ".join([name, *args]) for name, args in subs)
-    lines = [f"pair_style hybrid/overlay {styles} {mliap}"]
-    lines += [f"pair_coeff {c}" for c in coeffs]
-    lines.append(f"pair_coeff * * mliap {elements}")
-    return lines
+    return overlay_commands(cfg, f"mliap model nn {model_file} descriptor sna {descriptor_file}")
+
+
+def snap_pair_commands(cfg, coeff_file, param_file):
+    """The commands that run a linear SNAP (``pair_style snap``) plus the reference."""
+    return overlay_commands(cfg, "snap", (coeff_file, param_file))
 
 
 def mass_commands(elements):
@@ -131,20 +143,34 @@ def mass_commands(elements):
 
 def format_include(cfg, name):
     """The ``.mod`` file: include it after the box exists (read_data / create_box)."""
-    elements = cfg["bispectrum"]["type"]
     d = "${" + DIR_VARIABLE + "}"
+    body = pair_commands(
+        cfg, f"{d}/{name}{SUFFIXES['model']}", f"{d}/{name}{SUFFIXES['descriptor']}"
+    )
+    return include_text(cfg, name, "pair_style mliap model nn, descriptor sna", body)
+
+
+def format_snap_include(cfg, name):
+    """The ``.snap.mod`` file of a linear fit: ``pair_style snap`` over the reference."""
+    d = "${" + DIR_VARIABLE + "}"
+    body = snap_pair_commands(
+        cfg, f"{d}/{name}{SNAP_SUFFIXES['coeff']}", f"{d}/{name}{SNAP_SUFFIXES['param']}"
+    )
+    return include_text(cfg, name, "pair_style snap, FitSNAP's linear SNAP files", body)
+
+
+def include_text(cfg, name, style, body):
+    """An include file: what it is, where its files are looked up, ``body``, the masses."""
+    elements = cfg["bispectrum"]["type"]
     ref = cfg["reference"]["pair_style"]
     head = [
-        f"# potflow potential '{name}' for LAMMPS (pair_style mliap model nn, descriptor sna)",
+        f"# potflow potential '{name}' for LAMMPS ({style})",
         f"# elements (LAMMPS atom types 1..{len(elements)}): {' '.join(elements)}; units metal",
         f"# reference potential of the fit: {ref} (placeholder sub-styles zero/none dropped)",
         "# Include it after the simulation box exists. The files are looked up in",
         f"# ${{{DIR_VARIABLE}}} (default: the current directory); set it with -var {DIR_VARIABLE} DIR.",
         f"variable {DIR_VARIABLE} index .",
     ]
-    body = pair_commands(
-        cfg, f"{d}/{name}{SUFFIXES['model']}", f"{d}/{name}{SUFFIXES['descriptor']}"
-    )
     return "\n".join(head + body + mass_commands(elements)) + "\n"
 
 
@@ -159,8 +185,10 @@ def include_commands(paths):
 
 # the exported files' suffixes, as the results layout names them
 SUFFIXES = EXPORT_SUFFIXES
+SNAP_SUFFIXES = SNAP_EXPORT_SUFFIXES
 
 
-def export_paths(out_dir, name):
-    """The exported files of potential ``name`` in ``out_dir``."""
-    return {key: Path(out_dir) / f"{name}{suffix}" for key, suffix in SUFFIXES.items()}
+def export_paths(out_dir, name, suffixes=SUFFIXES):
+    """The exported files of potential ``name`` in ``out_dir`` (``SNAP_SUFFIXES``: the
+    ``pair_style snap`` files of a linear fit)."""
+    return {key: Path(out_dir) / f"{name}{suffix}" for key, suffix in suffixes.items()}

@@ -13,6 +13,8 @@ What is minimised, over the selected configurations m (N_m atoms):
 i.e. M times the loss of ``potflow/training/loss.py`` (its 1/M factor dropped). Each
 configuration gives one energy row (energy per atom, weight sqrt(w^E_m) / N_m on the total) and
 3 N_m force rows (weight sqrt(w^F_m / (3 N_m))); rows of zero weight are left out.
+``weighted_rows`` is the one place that turns a configuration into rows (a block of 6 virial
+rows per configuration, weighted by the group's ``vweight``, belongs there too).
 
 The normal equations are never formed (they square the condition number): the triangular factor
 of the augmented matrix [A | b] is updated block by block, ``R = qr(vstack([R, block]))``, so
@@ -25,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from potflow.config.load import LINEAR_SOLVERS as SOLVERS
 from potflow.descriptors.folders import open_group
 from potflow.errors import PotflowInputError
 
-SOLVERS = ("SVD", "RIDGE")
-RCOND = 1.0e-13  # singular values below RCOND * s_max are dropped
+RCOND = 1.0e-13  # singular values below RCOND * s_max are dropped (FitSNAP's SVD: lstsq, 1e-13)
+DEFAULT_BLOCK_MB = 2048  # rows read at once when no memory budget is given
 
 
 @dataclass
@@ -47,6 +50,12 @@ class LinearCoefficients:
     residual_norm: float = 0.0  # sqrt(S) without the ridge term, at the solution
     energy_rows: int = 0
     force_rows: int = 0
+    configs: int = 0  # configurations that gave rows
+
+    @property
+    def loss(self):
+        """The weighted loss of ``potflow/training/loss.py`` at the solution (S / M, no ridge term)."""
+        return self.residual_norm**2 / max(self.configs, 1)
 
 
 class StreamedLeastSquares:
@@ -137,13 +146,47 @@ def config_rows(arrays, m, n_elements, atom_start, with_forces=True):
     return energy.ravel(), force.reshape(3 * n, -1)
 
 
+def weighted_rows(arrays, m, n_elements, atom_start, w_energy, w_force, energy_shift=0.0):
+    """The weighted rows (n, P) and right-hand sides (n,) of configuration m, and how many of
+    them are energy and force rows: the loss's terms as least-squares rows.
+
+    ``energy_shift`` is added to the stored energy target (eshift: sum of the atoms' shifts).
+    """
+    n = int(arrays["natoms"][m])
+    e_row, f_rows = config_rows(arrays, m, n_elements, atom_start, w_force > 0)
+    rows, rhs, n_e, n_f = [], [], 0, 0
+    if w_energy > 0:
+        s = np.sqrt(w_energy) / n
+        rows.append(s * e_row[None])
+        rhs.append([s * (float(arrays["energy_target"][m]) + energy_shift)])
+        n_e = 1
+    if w_force > 0:
+        s = np.sqrt(w_force / (3 * n))
+        rows.append(s * f_rows)
+        rhs.append(s * np.asarray(arrays["force_target"][atom_start[m] : atom_start[m] + n], float).ravel())
+        n_f = 3 * n
+    if not rows:
+        return None, None, 0, 0
+    return np.vstack(rows), np.concatenate(rhs), n_e, n_f
+
+
+def block_rows(n_params, memory_mb=None):
+    """Rows of the design matrix read at once: the block, its copy in the QR and the triangular
+    factor (8-byte floats, about 4 copies) within ``memory_mb`` (``memory_budget_mb``)."""
+    budget = (memory_mb or DEFAULT_BLOCK_MB) * 2**20
+    return max(256, int(budget // (4 * 8 * (n_params + 1))))
+
+
 def fit_linear(folders, select=None, energy_weights=None, force_weights=None, solver="SVD",
-               alpha=0.0, rcond=RCOND, configs_per_block=64):  # fmt: skip
+               alpha=0.0, rcond=RCOND, configs_per_block=None, memory_mb=None, eshift=None):  # fmt: skip
     """Exact linear SNAP fit on descriptor folders; returns ``LinearCoefficients``.
 
     ``select``, ``energy_weights``, ``force_weights``: one entry per folder (a boolean mask or
     index list of configurations; an array (M,) or a number of w^E_m, w^F_m), or None for all
     configurations and weight 1. ``solver``: SVD (minimum norm, rcond) or RIDGE (alpha >= 0).
+    Rows are read in blocks of ``configs_per_block`` configurations, or else of about
+    ``memory_mb`` MB (``block_rows``). ``eshift`` (n_elements,): per-element energy shifts added
+    to the energy targets (the config's eshift section), as the network's targets have them.
     """
     if solver not in SOLVERS:
         raise PotflowInputError("solver", f"unknown solver {solver!r}; linear fits know {', '.join(SOLVERS)}")
@@ -154,12 +197,14 @@ def fit_linear(folders, select=None, energy_weights=None, force_weights=None, so
         raise PotflowInputError("folders", "no descriptor folders given")
     per = lambda v: [None] * len(folders) if v is None else list(v)  # noqa: E731
     select, energy_weights, force_weights = per(select), per(energy_weights), per(force_weights)
-    elements, lsq, n_e, n_f, n_conf = None, None, 0, 0, 0
+    elements, lsq, n_e, n_f, n_conf, n_used = None, None, 0, 0, 0, 0
     for folder, sel, we, wf in zip(folders, select, energy_weights, force_weights, strict=True):
         arrays, meta = open_group(folder)
         if elements is None:
             elements, k = list(meta["elements"]), int(meta["num_descriptors"])
             lsq = StreamedLeastSquares(len(elements) * (k + 1))
+            shifts = np.zeros(len(elements)) if eshift is None else np.asarray(eshift, float)
+            max_rows = block_rows(lsq.n_params, memory_mb)
         elif list(meta["elements"]) != elements or int(meta["num_descriptors"]) != k:
             raise PotflowInputError(folder, f"elements/descriptors differ from {folders[0]}")
         m_total = int(meta["num_configs"])
@@ -169,25 +214,24 @@ def fit_linear(folders, select=None, energy_weights=None, force_weights=None, so
         if (wf[sel] > 0).any() and not meta["settings"].get("forces", True):
             raise PotflowInputError(folder, "force_weights > 0 but the folder stores no gradients (energy-only descriptors)")
         atom_start = np.concatenate([[0], np.cumsum(arrays["natoms"])])
+        types = np.asarray(arrays["atom_types"])
         n_conf += len(sel)
-        block = max(1, int(configs_per_block))
-        for start in range(0, len(sel), block):
-            rows, rhs = [], []
-            for m in sel[start : start + block]:
-                n = int(arrays["natoms"][m])
-                e_row, f_rows = config_rows(arrays, m, len(elements), atom_start, wf[m] > 0)
-                if we[m] > 0:
-                    s = np.sqrt(we[m]) / n
-                    rows.append(s * e_row[None])
-                    rhs.append([s * float(arrays["energy_target"][m])])
-                    n_e += 1
-                if wf[m] > 0:
-                    s = np.sqrt(wf[m] / (3 * n))
-                    rows.append(s * f_rows)
-                    rhs.append(s * np.asarray(arrays["force_target"][atom_start[m] : atom_start[m] + n], float).ravel())
-                    n_f += 3 * n
-            if rows:
+        rows, rhs, held, in_block = [], [], 0, 0
+        for m in sel:
+            shift = float(shifts[types[atom_start[m] : atom_start[m + 1]]].sum())
+            a, b, e_rows, f_rows = weighted_rows(arrays, m, len(elements), atom_start, we[m], wf[m], shift)
+            if a is not None:
+                rows.append(a)
+                rhs.append(b)
+                held += len(a)
+                n_e, n_f, n_used = n_e + e_rows, n_f + f_rows, n_used + 1
+            in_block += 1
+            full = held >= max_rows if configs_per_block is None else in_block >= configs_per_block
+            if rows and full:
                 lsq.add(np.vstack(rows), np.concatenate(rhs))
+                rows, rhs, held, in_block = [], [], 0, 0
+        if rows:
+            lsq.add(np.vstack(rows), np.concatenate(rhs))
     if n_conf == 0:
         raise PotflowInputError("select", "no configurations selected for the linear fit")
     if lsq.rows == 0:
@@ -200,6 +244,7 @@ def fit_linear(folders, select=None, energy_weights=None, force_weights=None, so
     return LinearCoefficients(
         elements=elements, beta=x[:, :k].copy(), beta0=x[:, k].copy(), solver=solver, alpha=float(alpha),
         rcond=float(rcond), rank=rank, singular_values=s, residual_norm=misfit, energy_rows=n_e, force_rows=n_f,
+        configs=n_used,
     )  # fmt: skip
 
 

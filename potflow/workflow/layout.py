@@ -66,6 +66,14 @@ EXPORT_SUFFIXES = {
     "torchscript": ".torchscript.pt",
     "record": ".export.json",
 }
+# A linear fit's pair_style snap export: FitSNAP's .snapcoeff/.snapparam, an include file (the
+# .mod name is the ML-IAP export's) and the record of its LAMMPS self-check
+SNAP_EXPORT_SUFFIXES = {
+    "coeff": ".snapcoeff",
+    "param": ".snapparam",
+    "include": ".snap.mod",
+    "record": ".snap.json",
+}
 
 # The MD validation's files (fits/{fit}/md/), by the rule's output names
 MD_FILES = {
@@ -239,6 +247,11 @@ def lammps_dir(fit):
 def exported(fit, potential, kind):
     """One exported file of potential ``potential`` (kind: a key of EXPORT_SUFFIXES)."""
     return f"{lammps_dir(fit)}/{potential}{EXPORT_SUFFIXES[kind]}"
+
+
+def exported_snap(fit, potential, kind):
+    """One file of a linear fit's pair_style snap export (kind: a key of SNAP_EXPORT_SUFFIXES)."""
+    return f"{lammps_dir(fit)}/{potential}{SNAP_EXPORT_SUFFIXES[kind]}"
 
 
 def md_file(fit, kind):
