@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -283,34 +284,49 @@ NO_PYTORCH = edit("[PYTORCH]\nlayer_sizes = num_desc 8 1\n", "")
 GROUP_TABLE = "[GROUPS]\ngroup_sections = name training_size testing_size\n"
 
 
+LINEAR = edit("PYTORCH", "SVD", NO_PYTORCH)
+
+
 @pytest.mark.parametrize(
-    "text, where",
+    "text, solver, alpha",
     [
+        pytest.param(LINEAR, "SVD", None, id="svd"),
+        pytest.param(edit("[SOLVER]\nsolver = PYTORCH\n", "", NO_PYTORCH), "SVD", None, id="fitsnap-default-svd"),
         pytest.param(
-            edit("solver = PYTORCH", "solver = SVD"),
-            "[SOLVER] solver: SVD is a linear solver", id="svd",
-        ),
-        pytest.param(
-            edit("solver = PYTORCH", "solver = RIDGE") + "[RIDGE]\nalpha = 1e-6\n",
-            "[SOLVER] solver", id="ridge",
-        ),
-        pytest.param(MINIMAL + "[LASSO]\nalpha = 1e-6\n", "[LASSO]", id="lasso-section"),
-        pytest.param(
-            edit("PYTORCH", "SVD", NO_PYTORCH), "[SOLVER] solver: SVD", id="no-pytorch-svd"
-        ),
-        pytest.param(NO_PYTORCH, "[PYTORCH]: section missing", id="no-pytorch"),
-        pytest.param(  # FitSNAP's default solver is SVD
-            edit("[SOLVER]\nsolver = PYTORCH\n", "", NO_PYTORCH),
-            "[SOLVER] solver: SVD", id="fitsnap-default-svd",
+            edit("SVD", "RIDGE", LINEAR) + "[RIDGE]\nalpha = 1e-6\nlocal_solver = 1\n", "RIDGE", 1e-6, id="ridge"
         ),
     ],
 )  # fmt: skip
-def test_linear_solver_is_refused(tmp_path, text, where):
+def test_linear_solvers_convert(tmp_path, text, solver, alpha):
+    """FitSNAP's SVD and RIDGE (with [RIDGE] alpha) become a linear fit; no network defaults
+    are written for it (they would be network-only keys in a linear fit)."""
+    conv = read_fitsnap_input(write_in(tmp_path, text))
+    assert conv.config["solver"] == {"solver": solver}
+    assert "pytorch" not in conv.config
+    if alpha is not None:
+        assert conv.config["ridge"] == {"alpha": alpha}
+        assert kinds(conv)[("RIDGE", "local_solver")] == "ignored"
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        pytest.param(edit("SVD", "LASSO", LINEAR), "[SOLVER] solver: FitSNAP's solver LASSO is not implemented", id="lasso"),
+        pytest.param(edit("SVD", "QR", LINEAR), "[SOLVER] solver: unknown solver QR", id="unknown"),
+        pytest.param(MINIMAL + "[LASSO]\nalpha = 1e-6\n", "[LASSO]: section of the LASSO solver", id="lasso-section"),
+        pytest.param(edit("solver = PYTORCH", "solver = SVD"), "[PYTORCH]: section of the PYTORCH solver", id="svd-pytorch"),
+        pytest.param(LINEAR + "[RIDGE]\nalpha = 1e-6\n", "[RIDGE]: section of the RIDGE solver", id="svd-ridge"),
+        pytest.param(
+            edit("SVD", "RIDGE", LINEAR) + "[RIDGE]\nalpha = -1\n", "[RIDGE] alpha: -1.0 is less than the minimum", id="negative-alpha"
+        ),
+        pytest.param(NO_PYTORCH, "[PYTORCH]: section missing", id="no-pytorch"),
+    ],
+)  # fmt: skip
+def test_other_solvers_and_bad_solver_input_are_refused(tmp_path, text, where):
     path = write_in(tmp_path, text)
     with pytest.raises(PotflowInputError) as err:
         read_fitsnap_input(path)
     msg = str(err.value)
-    assert "not supported: potflow fits neural networks" in msg
     assert where in msg and msg.startswith(str(path)) and "\n" not in msg
 
 
@@ -522,12 +538,12 @@ def test_cli_writes_the_yaml_file(tmp_path, shared_data):
 
 
 def test_cli_bad_input_one_line_and_no_output(tmp_path):
-    bad = write_in(tmp_path, MINIMAL.replace("solver = PYTORCH", "solver = SVD"))
+    bad = write_in(tmp_path, MINIMAL.replace("solver = PYTORCH", "solver = LASSO"))
     out = tmp_path / "out.yaml"
     res = run_cli("from-fitsnap", bad, "-o", out, cwd=tmp_path)
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not supported: potflow fits neural networks" in lines[0]
+    assert len(lines) == 1 and "[SOLVER] solver: FitSNAP's solver LASSO is not implemented" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.in"]
     # --strict turns unsupported keys into the error.
     res = run_cli(
@@ -613,9 +629,15 @@ def test_snakemake_dry_run_with_fitsnap_input(tmp_path, repo_root):
     assert "results/data/Bulk.npz" in out and "results/data/Surface.npz" in out
     assert "Unlisted" not in out  # FitSNAP fits only the listed groups
     assert f"potflow: {infile}: [MEMORY] override = 0: ignored" in out
-    # A linear-solver input stops the workflow with the one-line message.
-    bad = write_in(tmp_path / "inputs", edit("= PYTORCH", "= SVD", text), name="bad.in")
+    # A solver potflow does not implement stops the workflow with the one-line message.
+    bad = write_in(tmp_path / "inputs", edit("= PYTORCH", "= LASSO", text), name="bad.in")
     res = dry_run(repo_root / "Snakefile", bad, work)
     out = res.stdout + res.stderr
     assert res.returncode != 0
-    assert "[SOLVER] solver: SVD is a linear solver; not supported: potflow fits neural" in out
+    assert "[SOLVER] solver: FitSNAP's solver LASSO is not implemented; use PYTORCH, SVD, RIDGE" in out
+    # A linear one (no [PYTORCH] section) plans the linear fit and its pair_style snap export.
+    linear = re.sub(r"\[PYTORCH\][^\[]*", "", edit("= PYTORCH", "= SVD", text))
+    res = dry_run(repo_root / "Snakefile", write_in(tmp_path / "inputs", linear, name="svd.in"), work)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "export_snap" in out and ".snapcoeff" in out

@@ -286,3 +286,104 @@ def test_pair_style_snap_export_refuses_a_network(tmp_path):
     cfg = prepare_config({"bispectrum": {"twojmax": 2}})
     with pytest.raises(PotflowInputError, match="pair_style snap needs a linear model"):
         export_snap(AtomicEnergyModel(5, [3], ["Ta"], 2, "linear"), cfg, tmp_path, "pot")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"solver": {"solver": "QR"}}, "config field 'solver.solver': unknown solver 'QR'; use PYTORCH, SVD, RIDGE"),
+        ({"solver": {"solver": "lasso"}}, "config field 'solver.solver': FitSNAP's solver lasso is not implemented"),
+        ({"solver": {"solver": "RIDGE"}, "ridge": {"alpha": -1.0}}, "config field 'ridge.alpha': -1.0 is less than the minimum of 0"),
+        ({"solver": {"solver": "SVD"}, "pytorch": {"layer_sizes": ["num_desc", 8, 1]}}, "config field 'pytorch.layer_sizes': a network setting, but the fit is linear"),
+        ({"solver": {"solver": "SVD"}, "committee": {"members": 2}}, "config field 'committee.members': a linear fit"),
+        (
+            {"pytorch": {"learning_rate": 0.1}, "fits": {"net": {}, "lin": {"solver": {"solver": "SVD"}, "pytorch": {"num_epochs": 3}}}},
+            "(fit 'lin'): config field 'fits.lin.pytorch.num_epochs': a network setting, but the fit is linear",
+        ),
+        (
+            {"fits": {"lin": {"solver": {"solver": "SVD"}}}, "sweep": {"pytorch.seed": [0, 1]}},
+            "(fit 'lin_seed-0'): config field 'sweep.pytorch.seed': a network setting",
+        ),
+    ],
+    ids=["unknown", "lasso", "negative-alpha", "network-key", "committee", "fits-entry", "sweep"],
+)  # fmt: skip
+def test_bad_linear_config_is_one_line_naming_the_field(raw, message):
+    from potflow.config.sweeps import expand_fits
+
+    raw = {"md": {"enabled": False}, **raw}
+    with pytest.raises(PotflowInputError) as err:
+        expand_fits(prepare_config(raw), "config x.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_linear_fits_beside_networks_keep_the_networks_settings():
+    """In fits:, a linear entry inherits the base's network keys without complaint (its own
+    overrides are what it asks for); the weights and memory budget are shared keys."""
+    from potflow.config.load import is_linear
+    from potflow.config.sweeps import expand_fits
+
+    raw = {
+        "pytorch": {"layer_sizes": ["num_desc", 8, 1], "num_epochs": 3},
+        "fits": {"net": {}, "ridge": {"solver": {"solver": "ridge"}, "ridge": {"alpha": 1e-3}, "pytorch": {"force_weight": 2.0}}},
+    }  # fmt: skip
+    fits = expand_fits(prepare_config(raw))
+    assert not is_linear(fits["net"]) and is_linear(fits["ridge"])
+    assert fits["ridge"]["solver"]["solver"] == "RIDGE" and fits["ridge"]["ridge"]["alpha"] == 1e-3
+
+
+# ----------------------------------------------------------------------------- end to end
+
+E2E_GROUPS = {"Displaced_BCC": 8, "Volume_BCC": 8}
+
+
+@pytest.mark.slow  # end to end: runs the workflow
+def test_linear_fit_end_to_end_beside_a_network(tmp_path, repo_root):
+    """A linear (SVD) and a network fit of part of the bundled example in one run: the linear
+    fit has every output of a fit, reproduces the Ta06A labels (metrics ~1e-9 eV/atom), exports
+    pair_style snap files that LAMMPS checked, and both fits are on the leaderboard."""
+    import ase.io
+    import pandas as pd
+    import yaml
+    from workflow_runs import run_workflow
+
+    from potflow.evaluation.error_files import read_metrics
+    from potflow.workflow import layout
+
+    (tmp_path / "data").mkdir()
+    for group, count in E2E_GROUPS.items():
+        frames = ase.io.read(repo_root / "data" / "Ta_example" / f"{group}.xyz", index=f":{count}")
+        ase.io.write(tmp_path / "data" / f"{group}.xyz", frames, format="extxyz")
+    cfg = yaml.safe_load((repo_root / "config.yaml").read_text())
+    cfg["path"]["dataPath"] = "data"
+    cfg["groups"] = {"random_sampling": 1, "defaults": {"training_size": 0.75, "testing_size": 0.25}}
+    cfg["pytorch"].update(layer_sizes=["num_desc", 4, 1], num_epochs=2)
+    cfg["md"]["enabled"] = False  # MD runs the ML-IAP export, as for a network (tests/test_md.py)
+    cfg["fits"] = {"linear": {"solver": {"solver": "SVD"}}, "network": {}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run_workflow(tmp_path, "--cores", "2", "--quiet", "rules", timeout=600)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        metrics = read_metrics(layout.metrics("linear", "metrics.dat"))
+        every = metrics[metrics["Group"] == "*ALL"].set_index(["Train/Test", "Property"])
+        assert every.loc[("Test", "Energy"), "MAE"] < 1e-7, every  # eV/atom (measured ~2e-9)
+        assert every.loc[("Test", "Force"), "MAE"] < 1e-6, every  # eV/A
+        for name in ("peratom", "perconfig"):
+            assert Path(layout.error_file("linear", f"dump_{name}")).exists()
+        for figure in layout.EVALUATION_FIGURES:
+            assert Path(layout.plot("linear", figure, "png")).exists()
+        assert Path(layout.plot("linear", layout.LOSS_FIGURE, "png")).exists()
+        potential = cfg["outfile"]["potential"]
+        record = json.loads(Path(layout.exported_snap("linear", potential, "record")).read_text())
+        assert record["self_check"]["force"] < 1e-8 and record["self_check"]["energy_per_atom"] < 1e-8
+        for kind in ("coeff", "param", "include"):
+            assert Path(layout.exported_snap("linear", potential, kind)).exists()
+        assert Path(layout.exported("linear", potential, "record")).exists()  # ML-IAP too
+        assert not Path(layout.exported_snap("network", potential, "record")).exists()
+        board = pd.read_csv(layout.leaderboard("tsv"), sep="\t").set_index("fit")
+        assert set(board.index) == {"linear", "network"}
+        assert board.loc["linear", "parameters"] == 31 and board.loc["linear", "epochs"] == 0
+        assert board.loc["linear", "test_energy_mae"] < board.loc["network", "test_energy_mae"]
