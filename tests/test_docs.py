@@ -80,7 +80,8 @@ CHECKS = {
     "potflow --help": ["copy"],
     "potflow from-fitsnap --help": ["copy"],
     "potflow from-fitsnap Ta-linear.in -o Ta-linear.yaml": ["copy"],
-    "snakemake --cores 2 --configfile linear.yaml": ["copy"],
+    "snakemake --cores 2 --config fitsnap_input=Ta-linear.in": ["dry"],
+    "snakemake --cores 2 --configfile configs/linear_example.yaml": ["dry"],
     "snakemake": ["dry"],
     "snakemake --cores 8": ["dry"],
     "snakemake --resources gpu=2": ["dry"],
@@ -352,9 +353,12 @@ def scratch_copy(base):
 
 
 def fitsnap_input(solver="PYTORCH"):
-    """A FitSNAP input file for the real Ta set (FitSNAP's Ta settings), dataPath absolute."""
+    """A FitSNAP input file for the real Ta set (FitSNAP's Ta settings), dataPath absolute;
+    for a linear solver, without the [PYTORCH] section."""
     text = (ROOT / "tests" / "data" / "fitsnap" / "Ta-pytorch.in").read_text()
     text = re.sub(r"(?m)^dataPath = .*$", f"dataPath = {ROOT.parent / 'shared' / 'data' / 'Ta_JSON'}", text)
+    if solver != "PYTORCH":
+        text = re.sub(r"(?ms)^\[PYTORCH\].*?(?=^\[)", "", text)
     return re.sub(r"(?m)^solver = PYTORCH$", f"solver = {solver}", text)
 
 
@@ -364,7 +368,6 @@ def workdir(tmp_path_factory):
     dest = scratch_copy(tmp_path_factory.mktemp("copy"))
     (dest / "Ta-example.in").write_text(fitsnap_input())
     (dest / "Ta-linear.in").write_text(fitsnap_input("SVD"))
-    (dest / "linear.yaml").write_text("solver: {solver: SVD}\n")
     (dest / "my_script.py").write_text("import os\nprint('GPUs:', os.environ.get('CUDA_VISIBLE_DEVICES'))\n")
     return dest
 
@@ -445,6 +448,8 @@ def test_command_in_a_scratch_copy(cmd, workdir):
         assert run.returncode != 0
     if "-o my_config.yaml" in cmd.text:
         assert yaml.safe_load((workdir / "my_config.yaml").read_text())["solver"] == {"solver": "PYTORCH"}
+    if "-o Ta-linear.yaml" in cmd.text:
+        assert yaml.safe_load((workdir / "Ta-linear.yaml").read_text())["solver"] == {"solver": "SVD"}
     if "my_script.py" in cmd.text:
         assert "GPUs:" in run.stdout
 
