@@ -70,7 +70,11 @@ rule all:
             if cfg["pytorch"]["activation"] in pfconfig.LAMMPS_ACTIVATIONS
         ],
         # a linear fit also as FitSNAP's pair_style snap files
-        [exported_snap(fit, "record") for fit, cfg in FITS.items() if pfconfig.is_linear(cfg)],
+        [
+            exported_snap(fit, "record")
+            for fit, cfg in FITS.items()
+            if pfconfig.is_linear(cfg)
+        ],
         [
             layout.md_file(fit, "summary")
             for fit, cfg in FITS.items()

@@ -40,7 +40,11 @@ rule train:
     # resources.train_gpus > 1: one training process per GPU, started by torchrun
     threads: max(1, POTFLOW["resources"]["train_gpus"])
     resources:
-        gpu=lambda w: 0 if pfconfig.is_linear(FITS[w.fit]) else POTFLOW["resources"]["train_gpus"],
+        gpu=lambda w: (
+            0
+            if pfconfig.is_linear(FITS[w.fit])
+            else POTFLOW["resources"]["train_gpus"]
+        ),
         mem_mb=lambda w: max(1, POTFLOW["resources"]["train_gpus"])
         * (1500 + (FITS[w.fit]["pytorch"]["memory_budget_mb"] or 8000)),
     params:

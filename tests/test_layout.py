@@ -128,7 +128,7 @@ def rule_stages():
 
 
 def test_every_job_logs_in_its_stage(tmp_path):
-    """A dry run of every stage (sweep, committee, test set, MD): each job's log and benchmark
+    """A dry run of every stage (sweep, committee, linear fit, test set, MD): each job's log and benchmark
     lies under results/logs/<the stage of its rule>/, and no log under results/fits/."""
     data = REPO / "data" / "Ta_example"
     held_out = tmp_path / "held_out"
@@ -137,7 +137,8 @@ def test_every_job_logs_in_its_stage(tmp_path):
         (held_out / f"{group}.xyz").write_bytes((data / f"{group}.xyz").read_bytes())
     cfg = yaml.safe_load((REPO / "configs" / "sweep_example.yaml").read_text())
     cfg["path"]["dataPath"] = str(data)
-    cfg["sweep"] = {"pytorch.seed": [0, 1]}
+    cfg["sweep"] = {"pytorch.energy_weight": [0.01, 0.1]}  # a key linear fits read too
+    cfg["fits"] = {"net": {}, "lin": {"solver": {"solver": "SVD"}, "committee": {"members": 1}}}
     cfg["test_sets"] = {"held_out": {"dataPath": str(held_out), "scraper": "XYZ"}}
     cfg["extras"] = {"dump_configs": 1}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -24,7 +24,12 @@ from potflow.descriptors.snap_index import bispectrum_triples, duplicate_descrip
 from potflow.errors import PotflowInputError
 from potflow.fileio import write_json, write_text
 from potflow.lammps.export import _plain
-from potflow.lammps.inputs import SNAP_SUFFIXES, export_paths, format_snap_include, snap_pair_commands
+from potflow.lammps.inputs import (
+    SNAP_SUFFIXES,
+    export_paths,
+    format_snap_include,
+    snap_pair_commands,
+)
 from potflow.lammps.mliap_model import lammps_network
 from potflow.lammps.self_check import check_export
 from potflow.models.files import load_model
