@@ -113,6 +113,37 @@ def fit_bundled_example(work, solver="SVD", alpha=1e-8):
     return fit(cfg, folders)
 
 
+def fit_wbe_linear(data_dir, work, memory_mb, solver="SVD"):
+    """configs/WBe.yaml as a linear fit (0.7/0.3 split, unit weights) on ``data_dir`` (the
+    whole W–Be set or a subset made by ../shared/fitsnap/make_subset.sh) with the solve's blocks
+    sized by ``memory_mb``; descriptors are computed into ``work`` once. Also returns the peak RSS
+    of this process (run it a second time, descriptors ready, for the fit's own figure)."""
+    import resource
+
+    from potflow.config.groups import fit_groups
+    from potflow.config.load import load_config
+    from potflow.data.structures import import_group
+    from potflow.descriptors.compute import compute_group_descriptors
+    from potflow.descriptors.settings import descriptor_key
+
+    base = load_config(REPO / "configs" / "WBe.yaml")
+    base["path"]["dataPath"] = str(data_dir)
+    base["pytorch"]["memory_budget_mb"] = memory_mb
+    cfg = linear_config(base, solver)
+    folders = []
+    for group in fit_groups(cfg):
+        npz = Path(work) / "data" / f"{group}.npz"
+        out = Path(work) / "descriptors" / descriptor_key(cfg) / group
+        if not out.exists():
+            import_group(Path(data_dir) / group, "JSON", cfg["bispectrum"]["type"], npz)
+            compute_group_descriptors(cfg, npz, out, group)
+        folders.append(str(out))
+    r = fit(cfg, folders)
+    r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    r["force_rows"] = r["coefficients"].force_rows
+    return r
+
+
 def line(name, r):
     extra = f" alpha {r['alpha']:g}" if r["solver"] == "RIDGE" else ""
     return (
@@ -128,7 +159,14 @@ def main():
     ap.add_argument("--alpha", type=float, default=1e-8, help="ridge.alpha (FitSNAP's default)")
     ap.add_argument("--work", default="/tmp/potflow_bench_ta")
     ap.add_argument("--example-work", default="/tmp/potflow_bench_example")
+    ap.add_argument("--wbe", help="W–Be data folder: fit it (only) with --memory-mb")
+    ap.add_argument("--memory-mb", type=float, default=2048, help="pytorch.memory_budget_mb of the W–Be fit")
     args = ap.parse_args()
+    if args.wbe:
+        r = fit_wbe_linear(args.wbe, args.work, args.memory_mb, args.solver[0])
+        print(line(f"W-Be ({args.wbe}), memory_budget_mb {args.memory_mb:g}", r))
+        print(f"{r['force_rows']} force rows; peak RSS of this process {r['peak_rss_mb']:.0f} MB")
+        return
     for solver in args.solver:
         print(line("bundled example", fit_bundled_example(args.example_work, solver, args.alpha)), flush=True)
     for weights in ("pytorch", "groups"):

@@ -16,7 +16,8 @@ pattern. ::
                                                 configs.pickle, metrics.html, plots/)
         test_sets/{test_set}/                   the fit's evaluation on a test set (same files)
         committee/member{k}/                    committee member k (the training files)
-        lammps/{potential}.*                    the exported potential
+        lammps/{potential}.*                    the exported potential (a linear fit also as .snapcoeff,
+                                                .snapparam, .snap.mod: Linear fits)
         md/                                     the MD validation
       fits.tsv, fits.yaml                       the fits of a sweep
       leaderboard/leaderboard.*                 the fits compared
