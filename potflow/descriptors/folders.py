@@ -101,3 +101,14 @@ def open_group(folder, cfg=None, mmap=True):
         except (OSError, ValueError) as exc:
             raise PotflowInputError(folder / f"{name}.npy", f"unreadable descriptor array: {exc}") from None
     return arrays, meta
+
+
+def release_pages(arrays):
+    """Drop the mapped pages of ``open_group``'s arrays read so far from this process (the page
+    cache keeps them): a pass over a large folder then holds only what it reads next."""
+    import mmap as _mmap
+
+    for arr in arrays.values():
+        mm = getattr(arr, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(_mmap.MADV_DONTNEED)

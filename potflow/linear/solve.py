@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from potflow.config.load import LINEAR_SOLVERS as SOLVERS
-from potflow.descriptors.folders import open_group
+from potflow.descriptors.folders import open_group, release_pages
 from potflow.errors import PotflowInputError
 
 RCOND = 1.0e-13  # singular values below RCOND * s_max are dropped (FitSNAP's SVD: lstsq, 1e-13)
@@ -70,8 +70,12 @@ class StreamedLeastSquares:
         """Append rows ``a`` (n, P) with right-hand side ``b`` (n,)."""
         if len(a) == 0:
             return
-        block = np.hstack([np.asarray(a, float), np.asarray(b, float)[:, None]])
-        self.r_aug = np.linalg.qr(np.vstack([self.r_aug, block]), mode="r")
+        # one array [R; a | b] (not a stack of copies): the QR's own copy is the other
+        stacked = np.empty((len(self.r_aug) + len(a), self.n_params + 1))
+        stacked[: len(self.r_aug)] = self.r_aug
+        stacked[len(self.r_aug) :, :-1] = a
+        stacked[len(self.r_aug) :, -1] = b
+        self.r_aug = np.linalg.qr(stacked, mode="r")
         self.rows += len(a)
 
     def factors(self):
@@ -230,8 +234,10 @@ def fit_linear(folders, select=None, energy_weights=None, force_weights=None, so
             if rows and full:
                 lsq.add(np.vstack(rows), np.concatenate(rhs))
                 rows, rhs, held, in_block = [], [], 0, 0
+                release_pages(arrays)  # the folder's pages read for this block
         if rows:
             lsq.add(np.vstack(rows), np.concatenate(rhs))
+        release_pages(arrays)
     if n_conf == 0:
         raise PotflowInputError("select", "no configurations selected for the linear fit")
     if lsq.rows == 0:

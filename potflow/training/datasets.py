@@ -5,7 +5,6 @@ from the group (or the global [PYTORCH] weights).
 """
 
 import math
-import mmap
 import os
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from potflow.config.groups import group_options
 from potflow.config.load import elements as config_elements
 from potflow.data.splits import split_group
-from potflow.descriptors.folders import open_group
+from potflow.descriptors.folders import open_group, release_pages
 from potflow.errors import PotflowInputError
 from potflow.fileio import write_text
 
@@ -61,10 +60,7 @@ class GroupData:
 
     def release_pages(self):
         """Drop the mapped pages read so far from this process (the page cache keeps them)."""
-        for arr in self.arrays.values():
-            mm = getattr(arr, "_mmap", None)
-            if mm is not None and hasattr(mm, "madvise"):
-                mm.madvise(mmap.MADV_DONTNEED)
+        release_pages(self.arrays)
 
 
 class FitData:
