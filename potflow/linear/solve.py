@@ -267,4 +267,5 @@ def predict(coefficients, folder, select=None):
         e_row, f_rows = config_rows(arrays, m, len(coefficients.elements), atom_start)
         energies.append(e_row @ x)
         forces.append((f_rows @ x).reshape(-1, 3))
+    release_pages(arrays)
     return np.array(energies), (np.concatenate(forces) if forces else np.zeros((0, 3)))
