@@ -22,8 +22,10 @@ elif not workflow.overwrite_configfiles:
 # potflow's own check first: a bad config ends with one line naming its file and field.
 sys.path.insert(0, workflow.current_basedir.get_path_or_uri(secret_free=True))
 from potflow.config.load import SCHEMA_PATH, check_workflow_config
+from potflow.config.sweeps import check_workflow_fits
 
 check_workflow_config(config, workflow.configfiles)
+check_workflow_fits(config, workflow.configfiles)
 # the schema the package ships (schemas/config.schema.yaml links to it): a local file also
 # when this workflow is used as a module from a remote source
 validate(config, str(SCHEMA_PATH))

@@ -387,3 +387,20 @@ def test_linear_fit_end_to_end_beside_a_network(tmp_path, repo_root):
         assert set(board.index) == {"linear", "network"}
         assert board.loc["linear", "parameters"] == 31 and board.loc["linear", "epochs"] == 0
         assert board.loc["linear", "test_energy_mae"] < board.loc["network", "test_energy_mae"]
+
+
+def test_snakemake_stops_on_a_linear_fits_network_key_with_one_line(tmp_path, repo_root):
+    """The workflow's own check (before any job): exit status 1, one line naming the field.
+    Catches: the check left to the rule files' parse, which ends in a traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.yaml").write_text(
+        f"path: {{dataPath: {repo_root / 'data' / 'Ta_example'}}}\nsolver: {{solver: SVD}}\npytorch: {{num_epochs: 5}}\n"
+    )
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo_root / "Snakefile"), "-n",
+           "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml")]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in (run.stdout + run.stderr).splitlines() if "potflow error" in ln or "Traceback" in ln]
+    assert run.returncode == 1 and len(lines) == 1, run.stderr[-2000:]
+    assert "config field 'pytorch.num_epochs': a network setting, but the fit is linear" in lines[0]

@@ -26,7 +26,7 @@ import re
 
 import yaml
 
-from potflow.config.load import check_linear_fit_keys, is_linear, prepare_config
+from potflow.config.load import check_linear_fit_keys, config_source, is_linear, prepare_config
 from potflow.descriptors.settings import descriptor_key
 from potflow.errors import PotflowInputError
 from potflow.hashing import settings_hash
@@ -181,6 +181,16 @@ def expand_fits(cfg, source="config"):
             check_linear_fit_keys(point_over.get("pytorch"), where, "sweep.pytorch", explicit=True)
         fits[name] = _without_sweep_keys(fit_cfg)
     return fits
+
+
+def check_workflow_fits(config, configfiles=()):
+    """The Snakefile's check of the fits (``fits:``, ``sweep:``, a linear fit's keys): a bad one
+    ends the run with one line naming the config file(s) and the field, as the config check does."""
+    source = config_source(configfiles)
+    try:
+        expand_fits(prepare_config(config, source), source)
+    except PotflowInputError as exc:
+        raise SystemExit(f"potflow error: {exc}") from None
 
 
 def _without_sweep_keys(cfg):
