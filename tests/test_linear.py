@@ -209,12 +209,14 @@ def test_linear_fit_writes_the_training_files_as_an_exact_model(ta, tmp_path):
     solve's predictions to round-off, fitted on train (no val) with the groups' weights and eshift.
     Catches: the model's weights out of step with beta (wrong layout, shift/scale, dtype)."""
     from synthetic import paths as train_paths
+    from synthetic import with_pytorch
 
     from potflow.data.splits import read_split
     from potflow.descriptors.folders import open_group
     from potflow.evaluation.predictions import predict_group
     from potflow.linear.fit import train_linear
     from potflow.models.files import load_model
+    from potflow.training.loop import train
 
     cfg, folders = ta
     cfg = dict(cfg, solver={"solver": "RIDGE"}, ridge={"alpha": 1e-6}, eshift={"Ta": 0.3})
@@ -232,6 +234,14 @@ def test_linear_fit_writes_the_training_files_as_an_exact_model(ta, tmp_path):
         energy, forces, _ = predict_group(model, open_group(folder)[0], with_forces=True)
         np.testing.assert_allclose(energy, e, rtol=0, atol=1e-12 * np.abs(e).max())
         np.testing.assert_allclose(forces, f, rtol=0, atol=1e-12 * np.abs(f).max())
+    # a network of the same shape starts from the checkpoint (here: evaluated, not trained)
+    start = with_pytorch(
+        dict(cfg, solver={"solver": "PYTORCH"}), layer_sizes=["num_desc", 1], activation="linear", multi_element_option=2, num_epochs=1,
+        save_state_input=str(tmp_path / "ckpt.pt"),
+    )  # fmt: skip
+    train(start, folders, train_paths(tmp_path / "net"), progress=False)
+    net = load_model(tmp_path / "net" / "model.pt")[0]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in net.state_dict().items())
 
 
 # ----------------------------------------------------------------------------- pair_style snap
