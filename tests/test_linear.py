@@ -350,16 +350,17 @@ E2E_GROUPS = {"Displaced_BCC": 8, "Volume_BCC": 8}
 
 
 @pytest.mark.slow  # end to end: runs the workflow
-def test_linear_fit_end_to_end_beside_a_network(tmp_path, repo_root):
-    """A linear (SVD) and a network fit of part of the bundled example in one run: the linear
-    fit has every output of a fit, reproduces the Ta06A labels (metrics ~1e-9 eV/atom), exports
-    pair_style snap files that LAMMPS checked, and both fits are on the leaderboard."""
+def test_linear_fit_end_to_end(tmp_path, repo_root):
+    """A linear (SVD) fit of part of the bundled example through the workflow: every output of a
+    fit, the Ta06A labels reproduced (metrics ~1e-9 eV/atom), pair_style snap files that LAMMPS
+    checked, and a leaderboard row. (The dry run of tests/test_layout.py plans a linear fit
+    beside networks, a sweep and committees; one fit here keeps the run short.)"""
     import ase.io
-    import pandas as pd
     import yaml
     from workflow_runs import run_workflow
 
     from potflow.evaluation.error_files import read_metrics
+    from potflow.evaluation.leaderboard import fit_row
     from potflow.workflow import layout
 
     (tmp_path / "data").mkdir()
@@ -369,34 +370,33 @@ def test_linear_fit_end_to_end_beside_a_network(tmp_path, repo_root):
     cfg = yaml.safe_load((repo_root / "config.yaml").read_text())
     cfg["path"]["dataPath"] = "data"
     cfg["groups"] = {"random_sampling": 1, "defaults": {"training_size": 0.75, "testing_size": 0.25}}
-    cfg["pytorch"].update(layer_sizes=["num_desc", 4, 1], num_epochs=2)
+    cfg["pytorch"] = {"energy_weight": 0.01}  # a linear fit reads only the weights
+    cfg["solver"] = {"solver": "SVD"}
     cfg["md"]["enabled"] = False  # MD runs the ML-IAP export, as for a network (tests/test_md.py)
-    cfg["fits"] = {"linear": {"solver": {"solver": "SVD"}}, "network": {}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     run_workflow(tmp_path, "--cores", "2", "--quiet", "rules", timeout=600)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
-        metrics = read_metrics(layout.metrics("linear", "metrics.dat"))
+        fit, metrics_file = "default", cfg["outfile"]["metrics"]
+        metrics = read_metrics(layout.metrics(fit, metrics_file))
         every = metrics[metrics["Group"] == "*ALL"].set_index(["Train/Test", "Property"])
         assert every.loc[("Test", "Energy"), "MAE"] < 1e-7, every  # eV/atom (measured ~2e-9)
         assert every.loc[("Test", "Force"), "MAE"] < 1e-6, every  # eV/A
         for name in ("peratom", "perconfig"):
-            assert Path(layout.error_file("linear", f"dump_{name}")).exists()
+            assert Path(layout.error_file(fit, f"dump_{name}")).exists()
         for figure in layout.EVALUATION_FIGURES:
-            assert Path(layout.plot("linear", figure, "png")).exists()
-        assert Path(layout.plot("linear", layout.LOSS_FIGURE, "png")).exists()
+            assert Path(layout.plot(fit, figure, "png")).exists()
+        assert Path(layout.plot(fit, layout.LOSS_FIGURE, "png")).exists()
         potential = cfg["outfile"]["potential"]
-        record = json.loads(Path(layout.exported_snap("linear", potential, "record")).read_text())
+        record = json.loads(Path(layout.exported_snap(fit, potential, "record")).read_text())
         assert record["self_check"]["force"] < 1e-8 and record["self_check"]["energy_per_atom"] < 1e-8
         for kind in ("coeff", "param", "include"):
-            assert Path(layout.exported_snap("linear", potential, kind)).exists()
-        assert Path(layout.exported("linear", potential, "record")).exists()  # ML-IAP too
-        assert not Path(layout.exported_snap("network", potential, "record")).exists()
-        board = pd.read_csv(layout.leaderboard("tsv"), sep="\t").set_index("fit")
-        assert set(board.index) == {"linear", "network"}
-        assert board.loc["linear", "parameters"] == 31 and board.loc["linear", "epochs"] == 0
-        assert board.loc["linear", "test_energy_mae"] < board.loc["network", "test_energy_mae"]
+            assert Path(layout.exported_snap(fit, potential, kind)).exists()
+        assert Path(layout.exported(fit, potential, "record")).exists()  # ML-IAP too
+        row = fit_row(fit, layout.metrics(fit, metrics_file), layout.model(fit), [layout.training_benchmark(fit)])
+        assert row["parameters"] == 31 and row["epochs"] == 0 and row["test_energy_mae"] < 1e-7
+        assert row["train_wall_s"] > 0
 
 
 def test_snakemake_stops_on_a_linear_fits_network_key_with_one_line(tmp_path, repo_root):
