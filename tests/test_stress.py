@@ -1,0 +1,112 @@
+"""Stresses: the model's exact strain derivative, its loss term, LAMMPS's pressure, bad input."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from synthetic import base_config, make_groups
+from test_export import SYSTEMS, make_config, random_model, read_configs, sheared
+
+from potflow.data.structures import EV_PER_A3_IN_BAR
+from potflow.descriptors.compute import VOIGT, SnapCalculator, model_stress, supercell_repeats
+from potflow.errors import PotflowInputError
+from potflow.lammps.export import export_model
+from potflow.lammps.inputs import export_paths, include_commands
+from potflow.lammps.self_check import lammps_single_point, torch_single_point
+
+
+def stress_settings(cfg):
+    from potflow.descriptors.settings import descriptor_settings
+
+    return {**descriptor_settings(cfg), "stress": True}
+
+
+def narrow_cells(rng):
+    """A 2-atom triclinic cell (each atom sees its own images) and a 16-atom sheared one."""
+    tri2 = np.array([[3.2, 0, 0], [0.9, 3.0, 0], [0.4, 0.7, 3.4]])
+    tri16 = np.array([[6.4, 0, 0], [1.1, 6.1, 0], [0.5, 0.9, 6.6]])
+    bcc = np.array([[0, 0, 0], [0.5, 0.5, 0.5]])
+    grid = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)])
+    out = []
+    for cell, frac in ((tri2, bcc), (tri16, ((grid[:, None] + bcc[None]) / 2).reshape(-1, 3))):
+        frac = frac + rng.normal(scale=0.03, size=frac.shape)
+        out.append((frac @ cell, cell, [True] * 3, np.arange(len(frac)) % 2))
+    return out
+
+
+def model_energy(model, calc, positions, cell, pbc, types):
+    B = calc.compute(positions, cell, pbc, types)[0]
+    with torch.no_grad():
+        return float(model(torch.as_tensor(B), torch.as_tensor(types, dtype=torch.long)).sum())
+
+
+@pytest.mark.parametrize("option", [1, 2])
+def test_stress_is_the_strain_derivative_of_the_model_energy(option):
+    """P = -(1/V) dE/d(strain) to 1e-7 relative, by central differences of the model energy, in
+    triclinic cells narrower than twice the cutoff (atoms see their own images). Catches a wrong
+    sign or frame, a missing supercell (folded rows lose the images) and a wrong Voigt order."""
+    cfg = base_config(("Ta", "W"))
+    settings = stress_settings(cfg)
+    torch.manual_seed(option)
+    from potflow.models.network import AtomicEnergyModel
+
+    with_stress = SnapCalculator(settings, with_stress=True)
+    plain = SnapCalculator(settings, with_gradients=False)
+    try:
+        for positions, cell, pbc, types in narrow_cells(np.random.default_rng(option)):
+            assert supercell_repeats(cell, pbc, with_stress.cutoff).prod() > 1
+            r = with_stress.compute_config(positions, cell, pbc, types)
+            model = AtomicEnergyModel(r.descriptors.shape[1], [6], ["Ta", "W"], option).double()
+            model.set_standardisation(r.descriptors, types)
+            with torch.no_grad():
+                dedb = model.energy_and_gradient(torch.as_tensor(r.descriptors), torch.as_tensor(types))[1]
+            stress = model_stress(dedb.numpy(), r.virial, r.volume)
+            fd = np.zeros(6)
+            for v, (a, b) in enumerate(VOIGT):
+                unit = np.zeros((3, 3))
+                unit[a, b] = unit[b, a] = 0.5 if a != b else 1.0
+
+                def central(h):
+                    e = [model_energy(model, plain, positions @ (np.eye(3) + s * h * unit).T,
+                                      cell @ (np.eye(3) + s * h * unit).T, pbc, types) for s in (1, -1)]  # fmt: skip
+                    return (e[0] - e[1]) / (2 * h)
+
+                # Richardson: the h^2 error of the central differences cancels
+                de = (4 * central(1e-4) - central(2e-4)) / 3
+                fd[v] = -de / r.volume * EV_PER_A3_IN_BAR
+            assert np.abs(fd).max() > 1.0  # bar: not a trivially zero stress
+            np.testing.assert_allclose(stress, fd, rtol=0, atol=1e-7 * np.abs(fd).max())
+    finally:
+        with_stress.close()
+        plain.close()
+
+
+CASES = [("Ta", 1, 0), ("WBe", 1, 0), ("WBe", 2, 0), ("WBe", 3, 0), ("WBe", 1, 1), ("WBe", 2, 1)]
+
+
+@pytest.mark.parametrize("system,option,chemflag", CASES)
+def test_lammps_pressure_equals_prediction_plus_reference(system, option, chemflag, shared_data, tmp_path):
+    """The exported potential's pressure tensor in LAMMPS (ZBL reference overlaid) equals the
+    model's stress plus the reference's to 1e-7 relative, on held-out configurations, a sheared
+    copy and a narrow cell. Catches a sign or unit slip, the reference's pressure left out or
+    left in LAMMPS's rotated frame."""
+    cfg = make_config(system, True, chemflag=chemflag, twojmax=2)
+    model = random_model(cfg, option, shared_data)
+    export_model(model, cfg, tmp_path, "pot")
+    elements = cfg["bispectrum"]["type"]
+    configs = read_configs(shared_data, SYSTEMS[system]["held_out"][:1], elements)
+    configs.append(sheared(configs[0], np.random.default_rng(option)))
+    positions, cell, pbc, _ = narrow_cells(np.random.default_rng(7))[0]
+    configs.append((positions * 1.05, cell * 1.05, pbc, np.arange(2) % len(elements)))
+    calc = SnapCalculator(stress_settings(cfg), with_stress=True)
+    model64 = copy.deepcopy(model).double()
+    try:
+        for positions, cell, pbc, types in configs:
+            want = torch_single_point(model64, cfg, positions, cell, pbc, types, calc)
+            got = lammps_single_point(include_commands(export_paths(tmp_path, "pot")), positions, cell, pbc, types, len(elements))
+            scale = np.abs(want["stress"]).max()
+            np.testing.assert_allclose(got["pressure"], want["stress"], rtol=0, atol=1e-7 * scale)
+            assert np.abs(want["stress"] - want["ref_stress"]).max() > 1e-3 * scale  # the network's part counts
+    finally:
+        calc.close()
