@@ -110,3 +110,111 @@ def test_lammps_pressure_equals_prediction_plus_reference(system, option, chemfl
             assert np.abs(want["stress"] - want["ref_stress"]).max() > 1e-3 * scale  # the network's part counts
     finally:
         calc.close()
+
+
+# ----------------------------------------------------------------------------- data and loss
+
+
+def stress_config(elements=("Ta", "W"), **pytorch):
+    from potflow.config.load import prepare_config
+
+    cfg = base_config(elements, **pytorch)
+    cfg["calculator"] = {**cfg["calculator"], "stress": 1}
+    cfg["groups"] = {**cfg["groups"], "defaults": {**cfg["groups"]["defaults"], "vweight": 1e-6}}
+    return prepare_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def stressed(tmp_path_factory):
+    """Two elements, two synthetic groups of 6 and 5 configurations labelled with stresses."""
+    cfg = stress_config()
+    return cfg, make_groups(tmp_path_factory.mktemp("stress"), cfg, [6, 5], seed=3, stress=True)
+
+
+def test_stress_is_stored_only_with_a_virial_weight(stressed):
+    """Folders of a fit without stresses keep their key and arrays; vweight or virial_weight
+    switches stresses on, calculator.stress 0 off (FitSNAP's meaning)."""
+    from potflow.config.load import prepare_config
+    from potflow.descriptors.folders import open_group
+    from potflow.descriptors.settings import descriptor_key, descriptor_settings, fits_stress
+
+    cfg, folders = stressed
+    arrays, meta = open_group(folders[0], cfg)
+    M, A, K = len(arrays["natoms"]), len(arrays["atom_types"]), meta["num_descriptors"]
+    assert arrays["virial_values"].shape == (6 * A, K) and arrays["stress_target"].shape == (M, 6)
+    assert np.isfinite(arrays["stress_target"]).all() and (arrays["volume"] > 0).all()
+    plain = base_config(("Ta", "W"))
+    assert "stress" not in descriptor_settings(plain) and not fits_stress(plain)
+    off = prepare_config({**cfg, "pytorch": {**cfg["pytorch"], "virial_weight": 0.0}})
+    assert descriptor_key(off) == descriptor_key(plain)
+    on = prepare_config({**plain, "calculator": {**plain["calculator"], "stress": 1}, "pytorch": {**plain["pytorch"], "virial_weight": 2.0}})
+    assert fits_stress(on) and not fits_stress(prepare_config({**on, "calculator": {**on["calculator"], "stress": 0}}))
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["memory", "streamed"])
+def test_loss_stress_term_matches_the_formula_by_hand(stressed, raw):
+    """L gains (1/M) sum_m w^V_m/6 sum_v (S^_mv - S_mv)^2 (bar), with S^ from config_virial and
+    model_stress; the global virial_weight overrides the groups'. Catches a wrong scale, sign,
+    volume or atom order in the prepared strain derivatives (options 1-3, memory and streamed)."""
+    from potflow.descriptors.folders import config_virial
+    from potflow.models.network import AtomicEnergyModel
+    from potflow.training.datasets import FitData
+    from potflow.training.loss import batch_loss_sum
+    from potflow.training.stores import PreparedSet
+
+    cfg, folders = stressed
+    cfg = {**cfg, "groups": {**cfg["groups"], "g1": {"vweight": 3e-6}}}
+    for global_vw in (None, 5e-7):
+        from potflow.config.load import prepare_config
+
+        c = prepare_config({**cfg, "pytorch": {**cfg["pytorch"], "energy_weight": 0.0, "virial_weight": global_vw}})
+        data = FitData(c, folders)
+        cs = data.subset("train")
+        for option in (1, 2, 3):
+            torch.manual_seed(option)
+            model = AtomicEnergyModel(data.num_desc, [6], data.elements, option).double()
+            model.set_standardisation_moments(*cs.moments())
+            pick = np.array([1, len(cs) - 1, 2])
+            prepared = PreparedSet(cs, model.shift.numpy(), model.scale.numpy(), option, torch.float64, "cpu", raw_gradients=raw)
+            prepared.has_forces = False  # the force term is test_training's: leave the stress term alone
+            (batch,) = prepared.batches(pick, batch_size=3)
+            with torch.no_grad():
+                got = (batch_loss_sum(model, batch, prepared.grad) / 3).item()
+            terms = []
+            for m in cs.ids[pick]:
+                g = data.groups[data.table["group_id"][m]]
+                k = data.table["index"][m]
+                a0, n = g.atom_start[k], g.natoms[k]
+                with torch.no_grad():
+                    B = torch.from_numpy(np.array(g.arrays["descriptors"][a0 : a0 + n]))
+                    dedb = model.energy_and_gradient(B, torch.from_numpy(g.types[a0 : a0 + n]))[1].numpy()
+                virial, volume, target = config_virial(g.arrays, k)
+                w = global_vw if global_vw is not None else (3e-6 if g.name == "g1" else 1e-6)
+                terms.append(w / 6 * ((model_stress(dedb, virial, volume) - target) ** 2).sum())
+            assert min(terms) > 0
+            assert got == pytest.approx(np.mean(terms), rel=1e-10), (option, global_vw)
+
+
+def test_missing_stress_with_a_virial_weight_names_the_file(tmp_path):
+    """A group with vweight > 0 whose configuration has no stress: one line naming the file and
+    the group; with vweight 0 the same data trains (its stress is simply not fitted)."""
+    from potflow.config.load import prepare_config
+    from potflow.data.structures import import_group
+    from potflow.descriptors.compute import compute_group_descriptors
+    from potflow.training.datasets import FitData
+    from synthetic import synthetic_xyz
+
+    cfg = stress_config(("Ta",))
+    folders = []
+    for k, stress in enumerate((True, False)):
+        synthetic_xyz(tmp_path / f"g{k}.xyz", 3, ["Ta"], k, stress=stress)
+        import_group(tmp_path / f"g{k}.xyz", "XYZ", ["Ta"], tmp_path / f"g{k}.npz")
+        compute_group_descriptors(cfg, tmp_path / f"g{k}.npz", tmp_path / f"d{k}", f"g{k}")
+        folders.append(tmp_path / f"d{k}")
+    with pytest.raises(PotflowInputError) as err:
+        FitData(cfg, folders)
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1 and "g1.xyz:0" in msg and "group g1 has vweight" in msg
+    ok = prepare_config({**cfg, "groups": {**cfg["groups"], "g1": {"vweight": 0.0}}})
+    data = FitData(ok, folders)
+    assert (data.table["vw"][data.table["group_id"] == 1] == 0).all()
