@@ -218,3 +218,40 @@ def test_missing_stress_with_a_virial_weight_names_the_file(tmp_path):
     ok = prepare_config({**cfg, "groups": {**cfg["groups"], "g1": {"vweight": 0.0}}})
     data = FitData(ok, folders)
     assert (data.table["vw"][data.table["group_id"] == 1] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "stress,why",
+    [([[1.0, 2.0], [3.0, 4.0]], "shape"), ([[1.0, 0, 0], [0, float("nan"), 0], [0, 0, 1.0]], "NaN"),
+     ([1.0, 2.0, 3.0, 4.0], "shape")],
+)  # fmt: skip
+def test_bad_stress_is_refused_with_the_file_named(stress, why, tmp_path):
+    """A FitSNAP JSON Stress of the wrong shape or not finite: one line naming the file; no group
+    file is written."""
+    import json
+
+    from potflow.data.structures import import_group
+
+    group = tmp_path / "Group"
+    group.mkdir()
+    rec = {"Lattice": np.eye(3).tolist(), "Energy": -1.0, "AtomTypes": ["Ta"], "Positions": [[0, 0, 0]],
+           "Forces": [[0, 0, 0]], "Stress": stress}  # fmt: skip
+    text = json.dumps({"Dataset": {"Data": [rec]}})
+    (group / "bad.json").write_text(text)
+    with pytest.raises(PotflowInputError) as err:
+        import_group(group, "JSON", ["Ta"], tmp_path / "Group.npz")
+    assert len(str(err.value).splitlines()) == 1 and "bad.json" in str(err.value) and why in str(err.value)
+    assert not (tmp_path / "Group.npz").exists()
+
+
+def test_non_finite_xyz_stress_is_refused_with_the_file_named(tmp_path):
+    """An extended-XYZ stress with a NaN: one line naming file and frame; nothing written."""
+    from potflow.data.structures import import_group
+
+    (tmp_path / "bad.xyz").write_text(
+        '1\nLattice="3 0 0 0 3 0 0 0 3" Properties=species:S:1:pos:R:3:forces:R:3 energy=-1.0 '
+        'stress="1 0 0 0 nan 0 0 0 1" pbc="T T T"\nTa 0 0 0 0 0 0\n'
+    )
+    with pytest.raises(PotflowInputError, match=r"bad.xyz:0: field 'stress' contains NaN"):
+        import_group(tmp_path / "bad.xyz", "XYZ", ["Ta"], tmp_path / "bad.npz")
+    assert not (tmp_path / "bad.npz").exists()
