@@ -255,3 +255,38 @@ def test_non_finite_xyz_stress_is_refused_with_the_file_named(tmp_path):
     with pytest.raises(PotflowInputError, match=r"bad.xyz:0: field 'stress' contains NaN"):
         import_group(tmp_path / "bad.xyz", "XYZ", ["Ta"], tmp_path / "bad.npz")
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_evaluation_reports_stresses(stressed, tmp_path):
+    """Metrics gain Stress rows (bar, Count = 6 x configurations), perconfig.dat the twelve
+    S*_Truth/S*_Pred columns after FitSNAP's, and the stress parity figure draws them; the
+    predictions equal model_stress on config_virial (catches a batch or volume mix-up)."""
+    from potflow.descriptors.folders import config_virial, open_group
+    from potflow.evaluation.error_files import PERCONFIG_COLUMNS, PERCONFIG_STRESS_COLUMNS, metrics_table, perconfig_frame
+    from potflow.evaluation.plots import stress_parity
+    from potflow.evaluation.predictions import evaluate_model
+    from potflow.models.network import AtomicEnergyModel
+
+    cfg, folders = stressed
+    arrays, meta = open_group(folders[0], cfg)
+    torch.manual_seed(0)
+    model = AtomicEnergyModel(meta["num_descriptors"], [6], ["Ta", "W"], 2).double()
+    model.set_standardisation(np.array(arrays["descriptors"]), np.array(arrays["atom_types"]))
+    ev = evaluate_model(model, {"g0": folders[0], "g1": folders[1]}, cfg)
+    table = metrics_table(ev)
+    rows = table[(table["Property"] == "Stress") & (table["Train/Test"] == "Test")].set_index("Group")
+    assert rows.loc["*ALL", "Count"] == 6 * 11 and rows.loc["g1", "Count"] == 6 * 5
+    for m in (0, 4):
+        virial, volume, target = config_virial(arrays, m)
+        a0 = int(np.asarray(arrays["natoms"])[:m].sum())
+        n = int(arrays["natoms"][m])
+        with torch.no_grad():
+            B = torch.from_numpy(np.array(arrays["descriptors"][a0 : a0 + n]))
+            dedb = model.energy_and_gradient(B, torch.from_numpy(np.array(arrays["atom_types"][a0 : a0 + n], dtype=np.int64)))[1]
+        np.testing.assert_allclose(ev["stress_pred"][m], model_stress(dedb.numpy(), virial, volume), rtol=1e-12)
+        np.testing.assert_allclose(ev["stress_truth"][m], target)
+    frame = perconfig_frame(ev)
+    assert list(frame.columns) == PERCONFIG_COLUMNS + PERCONFIG_STRESS_COLUMNS
+    assert PERCONFIG_STRESS_COLUMNS[0] == "Sxx_Truth" and PERCONFIG_STRESS_COLUMNS[-1] == "Sxy_Pred"
+    fig = stress_parity(ev, "t")
+    assert len(fig.axes[0].collections) == 1  # the test configurations' points

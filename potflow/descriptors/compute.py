@@ -89,6 +89,16 @@ def model_stress(dedb, virial, volume):
     return -EV_PER_A3_IN_BAR / volume * np.einsum("ik,ivk->v", dedb, virial)
 
 
+def model_stress_batch(dedb, virial, volume, natoms):
+    """``model_stress`` of consecutive configurations: dE/dB (A, K), dB/d(strain) (A, 6, K),
+    volumes (M,), atoms per configuration (M,) -> (M, 6) in bar."""
+    per_atom = np.einsum("ik,ivk->iv", dedb, virial)
+    config = np.repeat(np.arange(len(natoms)), natoms)
+    total = np.zeros((len(natoms), 6))
+    np.add.at(total, config, per_atom)
+    return -EV_PER_A3_IN_BAR / np.asarray(volume, dtype=np.float64)[:, None] * total
+
+
 class SnapCalculator:
     """One LAMMPS instance reused across configurations (``clear`` in between)."""
 
