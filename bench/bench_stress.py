@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from measure import REPO
 
 

@@ -41,6 +41,15 @@ def model_energy(model, calc, positions, cell, pbc, types):
         return float(model(torch.as_tensor(B), torch.as_tensor(types, dtype=torch.long)).sum())
 
 
+def central_difference(model, calc, positions, cell, pbc, types, unit, h):
+    """dE/dh of the model energy under the strain h * unit, by central differences."""
+    e = [
+        model_energy(model, calc, positions @ (np.eye(3) + s * h * unit).T, cell @ (np.eye(3) + s * h * unit).T, pbc, types)
+        for s in (1, -1)
+    ]
+    return (e[0] - e[1]) / (2 * h)
+
+
 @pytest.mark.parametrize("option", [1, 2])
 def test_stress_is_the_strain_derivative_of_the_model_energy(option):
     """P = -(1/V) dE/d(strain) to 1e-7 relative, by central differences of the model energy, in
@@ -66,14 +75,9 @@ def test_stress_is_the_strain_derivative_of_the_model_energy(option):
             for v, (a, b) in enumerate(VOIGT):
                 unit = np.zeros((3, 3))
                 unit[a, b] = unit[b, a] = 0.5 if a != b else 1.0
-
-                def central(h):
-                    e = [model_energy(model, plain, positions @ (np.eye(3) + s * h * unit).T,
-                                      cell @ (np.eye(3) + s * h * unit).T, pbc, types) for s in (1, -1)]  # fmt: skip
-                    return (e[0] - e[1]) / (2 * h)
-
                 # Richardson: the h^2 error of the central differences cancels
-                de = (4 * central(1e-4) - central(2e-4)) / 3
+                de = (4 * central_difference(model, plain, positions, cell, pbc, types, unit, 1e-4)
+                      - central_difference(model, plain, positions, cell, pbc, types, unit, 2e-4)) / 3  # fmt: skip
                 fd[v] = -de / r.volume * EV_PER_A3_IN_BAR
             assert np.abs(fd).max() > 1.0  # bar: not a trivially zero stress
             np.testing.assert_allclose(stress, fd, rtol=0, atol=1e-7 * np.abs(fd).max())
@@ -198,11 +202,12 @@ def test_loss_stress_term_matches_the_formula_by_hand(stressed, raw):
 def test_missing_stress_with_a_virial_weight_names_the_file(tmp_path):
     """A group with vweight > 0 whose configuration has no stress: one line naming the file and
     the group; with vweight 0 the same data trains (its stress is simply not fitted)."""
+    from synthetic import synthetic_xyz
+
     from potflow.config.load import prepare_config
     from potflow.data.structures import import_group
     from potflow.descriptors.compute import compute_group_descriptors
     from potflow.training.datasets import FitData
-    from synthetic import synthetic_xyz
 
     cfg = stress_config(("Ta",))
     folders = []
@@ -262,7 +267,12 @@ def test_evaluation_reports_stresses(stressed, tmp_path):
     S*_Truth/S*_Pred columns after FitSNAP's, and the stress parity figure draws them; the
     predictions equal model_stress on config_virial (catches a batch or volume mix-up)."""
     from potflow.descriptors.folders import config_virial, open_group
-    from potflow.evaluation.error_files import PERCONFIG_COLUMNS, PERCONFIG_STRESS_COLUMNS, metrics_table, perconfig_frame
+    from potflow.evaluation.error_files import (
+        PERCONFIG_COLUMNS,
+        PERCONFIG_STRESS_COLUMNS,
+        metrics_table,
+        perconfig_frame,
+    )
     from potflow.evaluation.plots import stress_parity
     from potflow.evaluation.predictions import evaluate_model
     from potflow.models.network import AtomicEnergyModel

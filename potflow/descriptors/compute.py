@@ -19,7 +19,6 @@ from potflow.fileio import atomic_directory, write_json
 from potflow.hashing import settings_hash
 from potflow.lammps.session import create_cell, open_lammps
 
-
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy, FitSNAP's order
 
 
