@@ -2,7 +2,7 @@
 
 For one config (its data, descriptors, network and schedule) this computes the descriptors
 without and with stresses (seconds, disk size), trains the same network without stresses and
-with ``pytorch.virial_weight`` (seconds per epoch), and evaluates both selected models on the
+with the config's virial weights, or those given (seconds per epoch), and evaluates both selected models on the
 test split with the stress-carrying descriptors: energy (eV/atom), force (eV/A) and stress (bar)
 test MAE. With ``--bcc`` it also prints the pressure of a perfect bcc crystal of the first
 element at that lattice constant (A) from each model plus the reference potential (the same
@@ -10,7 +10,7 @@ numbers LAMMPS gives for the exported potential, see tests/test_stress.py) and, 
 Ta06A.
 
     python bench/bench_stress.py [--config config.yaml] [--data DIR --scraper JSON] \\
-        [--virial-weight 1e-8 | --group-vweight '{"Strained_BCC": 1e-9}'] [--epochs N] \\
+        [--virial-weight W | --group-vweight '{"Strained_BCC": 1e-11}'] [--epochs N] \\
         [--bcc 3.316] [--work DIR]
 """
 
@@ -51,10 +51,10 @@ def configs(args):
             groups[group] = {**groups.get(group, {}), "vweight": w}
         stressed["groups"] = groups
         stressed["pytorch"] = {**raw["pytorch"], "virial_weight": None}
-    else:
+    elif args.virial_weight is not None:
         stressed["pytorch"] = {**raw["pytorch"], "virial_weight": args.virial_weight}
     plain, stressed = prepare_config(plain), prepare_config(stressed)
-    if args.group_vweight:  # the folders with stresses are the same whatever the weights
+    if args.group_vweight or args.virial_weight is None:  # the folders with stresses are the same whatever the weights
         keyed = prepare_config({**stressed, "pytorch": {**stressed["pytorch"], "virial_weight": 1.0}})
         return plain, stressed, keyed
     return plain, stressed, stressed
@@ -137,7 +137,7 @@ def main():
     ap.add_argument("--config", default="config.yaml")
     ap.add_argument("--data", help="data folder instead of the config's path.dataPath")
     ap.add_argument("--scraper", default="JSON")
-    ap.add_argument("--virial-weight", type=float, default=1e-8)
+    ap.add_argument("--virial-weight", type=float, help="global virial weight (default: the config's group vweights)")
     ap.add_argument("--group-vweight", help='JSON {group: vweight}; the other groups weigh stresses 0')
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--bcc", type=float, help="lattice constant (A) of the bcc pressure check")
@@ -161,7 +161,7 @@ def main():
         mae, model = test_mae(keyed, f_stress, paths, weighted)
         results[label] = (mae, model)
         print(
-            f"{label} stresses (virial_weight {stressed['pytorch']['virial_weight'] if label == 'with' else 0}): "
+            f"{label} stresses: "
             f"{np.median(seconds):.3f} s/epoch (median of {len(seconds)}); test MAE energy {mae['Energy']:.5f} eV/atom, "
             f"force {mae['Force']:.5f} eV/A, stress {mae['Stress']:.1f} bar (all groups), "
             f"{mae['Stress_weighted']:.1f} bar (groups with a virial weight)"

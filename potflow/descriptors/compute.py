@@ -124,7 +124,9 @@ class SnapCalculator:
         words += ["bikflag 1", "dgradflag", 1 if self.with_gradients else 0]
         return " ".join(str(w) for w in words)
 
-    def _setup(self, positions, cell, pbc, types):
+    def _setup(self, positions, cell, pbc, types, own=None):
+        """A run 0 of the configuration; with ``own``, descriptors of the first ``own`` atoms only
+        (a supercell's other copies are neighbours, not needed as centres)."""
         ref = self.cfg["reference"]
         lmp = self.lmp
         lmp.command("clear")
@@ -133,7 +135,11 @@ class SnapCalculator:
         lmp.commands_string(f"neighbor 0.0 bin\nneigh_modify one 10000\npair_style {ref['pair_style']}\n")
         for line in ref["pair_coeff"]:
             lmp.command(f"pair_coeff {line}")
-        lmp.command(self._compute)
+        if own is not None and own < len(types):
+            lmp.command(f"group own id 1:{own}")
+            lmp.command(self._compute.replace("compute snap all snap", "compute snap own snap", 1))
+        else:
+            lmp.command(self._compute)
         if self.with_stress:
             lmp.command("compute ref_press all pressure NULL virial")
         lmp.command("run 0 post no")
@@ -162,7 +168,7 @@ class SnapCalculator:
         big_cell = cell * reps[:, None]
         big_pos = (positions[None] + (shifts @ cell)[:, None]).reshape(-1, 3)
         ns = n * n_copies
-        T = self._setup(big_pos, big_cell, pbc, np.tile(types, n_copies))
+        T = self._setup(big_pos, big_cell, pbc, np.tile(types, n_copies), own=n)
         arr = np.array(self.lmp.numpy.extract_compute("snap", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY))
         press = np.array(self.lmp.numpy.extract_compute("ref_press", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR))
         K = self.K
