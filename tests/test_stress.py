@@ -300,3 +300,23 @@ def test_evaluation_reports_stresses(stressed, tmp_path):
     assert PERCONFIG_STRESS_COLUMNS[0] == "Sxx_Truth" and PERCONFIG_STRESS_COLUMNS[-1] == "Sxy_Pred"
     fig = stress_parity(ev, "t")
     assert len(fig.axes[0].collections) == 1  # the test configurations' points
+
+
+def test_streamed_fit_with_stresses_equals_in_memory_fit(stressed, tmp_path):
+    """The same fit with stresses in memory and streamed from the files (a budget far below one
+    configuration): same losses and weights. Catches stress targets or strain derivatives that do
+    not follow their configurations through the shuffled, chunked batches."""
+    from synthetic import paths
+
+    from potflow.config.load import prepare_config
+    from potflow.training.loop import train
+
+    cfg, folders = stressed
+    memory = train(prepare_config({**cfg, "pytorch": {**cfg["pytorch"], "memory_budget_mb": None}}), folders, paths(tmp_path / "m"), progress=False)
+    streamed = train(prepare_config({**cfg, "pytorch": {**cfg["pytorch"], "memory_budget_mb": 0.05}}), folders, paths(tmp_path / "s"), progress=False)
+    assert streamed["streamed"] and not memory["streamed"]
+    np.testing.assert_allclose(np.array(streamed["history"]), np.array(memory["history"]), rtol=1e-10)
+    sm = torch.load(tmp_path / "m" / "ckpt.pt", weights_only=True)["model"]["state_dict"]
+    ss = torch.load(tmp_path / "s" / "ckpt.pt", weights_only=True)["model"]["state_dict"]
+    for k in sm:
+        torch.testing.assert_close(ss[k], sm[k], rtol=1e-10, atol=1e-12)
