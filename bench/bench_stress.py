@@ -25,6 +25,12 @@ import yaml
 from measure import REPO
 
 
+def peak_rss_mb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def folder_mb(path):
     return int(subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True).stdout.split()[0]) / 1024
 
@@ -39,6 +45,16 @@ def configs(args):
     else:
         raw["path"] = {"dataPath": str((REPO / raw["path"]["dataPath"]).resolve())}
     raw["md"] = {"enabled": False}
+    if args.only:  # a subset of the groups: the others excluded
+        from potflow.config.groups import discover_groups
+
+        data_dir = Path(raw["path"]["dataPath"])
+        keep = args.only.split(",")
+        groups = {k: v for k, v in raw.get("groups", {}).items() if k in keep or not isinstance(v, dict) or k == "defaults"}
+        groups["exclude"] = [g for g in discover_groups(data_dir, raw["scraper"]["scraper"]) if g not in keep]
+        raw["groups"] = groups
+    if args.memory_budget is not None:
+        raw.setdefault("pytorch", {})["memory_budget_mb"] = args.memory_budget
     raw["pytorch"] = {**raw.get("pytorch", {}), "threads": 1}
     if args.epochs is not None:
         raw["pytorch"]["num_epochs"] = args.epochs
@@ -89,6 +105,7 @@ def fit(cfg, folders, out):
     if not paths.model.exists():
         res = train(cfg, list(folders.values()), paths, progress=False)
         (out / "epoch_seconds.json").write_text(json.dumps(res["epoch_seconds"]))
+        print(f"  trained ({'streamed' if res['streamed'] else 'in memory'}), peak RSS so far {peak_rss_mb():.0f} MB")
     return paths, json.loads((out / "epoch_seconds.json").read_text())
 
 
@@ -106,6 +123,22 @@ def test_mae(cfg, folders, paths, weighted):
     test = (ev["set"] == "test") & np.isin(ev["groups"][ev["group"]], weighted)
     out["Stress_weighted"] = float(np.abs(ev["stress_pred"][test] - ev["stress_truth"][test]).mean())
     return out, model
+
+
+def interleaved_epochs(plain, f_plain, stressed, f_stress, work, epochs):
+    """Median seconds per training epoch without and with stresses, timed in turns (the same
+    machine load for both)."""
+    from potflow.training.epoch import train_one_epoch
+    from potflow.training.setup import setup_fit
+
+    fits = [setup_fit(cfg, list(f.values()), work / f"absent_{k}.pt") for k, (cfg, f) in enumerate(((plain, f_plain), (stressed, f_stress)))]
+    times = [[], []]
+    for epoch in range(epochs):
+        for k, fit in enumerate(fits):
+            t0 = time.perf_counter()
+            train_one_epoch(fit, epoch)
+            times[k].append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
 
 
 def bcc_pressure(cfg, model, a):
@@ -140,6 +173,9 @@ def main():
     ap.add_argument("--virial-weight", type=float, help="global virial weight (default: the config's group vweights)")
     ap.add_argument("--group-vweight", help='JSON {group: vweight}; the other groups weigh stresses 0')
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--interleave", type=int, default=0, help="epochs of each fit timed in turns")
+    ap.add_argument("--only", help="comma-separated groups to keep (the others are excluded)")
+    ap.add_argument("--memory-budget", type=float, help="pytorch.memory_budget_mb of both fits")
     ap.add_argument("--bcc", type=float, help="lattice constant (A) of the bcc pressure check")
     ap.add_argument("--work", default="/tmp/potflow_bench_stress")
     args = ap.parse_args()
@@ -151,6 +187,7 @@ def main():
     mb_plain = sum(folder_mb(f) for f in f_plain.values())
     mb_stress = sum(folder_mb(f) for f in f_stress.values())
     print(f"descriptors: {t_plain:.1f} s, {mb_plain:.1f} MB without stresses; {t_stress:.1f} s, {mb_stress:.1f} MB with")
+    print(f"peak RSS after the descriptors: {peak_rss_mb():.0f} MB")
     from potflow.config.groups import group_options
 
     weighted = [g for g in f_stress if group_options(stressed, g)["vweight"] > 0]
@@ -173,6 +210,9 @@ def main():
             m1["Stress_weighted"] / m0["Stress_weighted"],
         )
     )
+    if args.interleave:
+        t0, t1 = interleaved_epochs(plain, f_plain, stressed, f_stress, work, args.interleave)
+        print(f"epochs timed in turns ({args.interleave} each): {t0:.4f} s without stresses, {t1:.4f} s with (x{t1 / t0:.2f})")
     if args.bcc:
         for label in ("without", "with"):
             p = bcc_pressure(keyed, results[label][1], args.bcc)
