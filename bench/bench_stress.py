@@ -174,6 +174,7 @@ def main():
     ap.add_argument("--group-vweight", help='JSON {group: vweight}; the other groups weigh stresses 0')
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--interleave", type=int, default=0, help="epochs of each fit timed in turns")
+    ap.add_argument("--train-only", action="store_true", help="train the fit with stresses only (descriptors computed before)")
     ap.add_argument("--only", help="comma-separated groups to keep (the others are excluded)")
     ap.add_argument("--memory-budget", type=float, help="pytorch.memory_budget_mb of both fits")
     ap.add_argument("--bcc", type=float, help="lattice constant (A) of the bcc pressure check")
@@ -188,6 +189,11 @@ def main():
     mb_stress = sum(folder_mb(f) for f in f_stress.values())
     print(f"descriptors: {t_plain:.1f} s, {mb_plain:.1f} MB without stresses; {t_stress:.1f} s, {mb_stress:.1f} MB with")
     print(f"peak RSS after the descriptors: {peak_rss_mb():.0f} MB")
+    if args.train_only:  # the fit with stresses alone, in this process: its peak RSS is its own
+        paths, seconds = fit(stressed, f_stress, work / "fit_with_only")
+        print(f"fit with stresses alone: {np.median(seconds):.3f} s/epoch (median of {len(seconds)}), "
+              f"peak RSS {peak_rss_mb():.0f} MB (memory_budget_mb {stressed['pytorch']['memory_budget_mb']})")  # fmt: skip
+        return
     from potflow.config.groups import group_options
 
     weighted = [g for g in f_stress if group_options(stressed, g)["vweight"] > 0]
