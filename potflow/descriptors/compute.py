@@ -169,16 +169,17 @@ class SnapCalculator:
         big_pos = (positions[None] + (shifts @ cell)[:, None]).reshape(-1, 3)
         ns = n * n_copies
         T = self._setup(big_pos, big_cell, pbc, np.tile(types, n_copies), own=n)
-        arr = np.array(self.lmp.numpy.extract_compute("snap", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY))
+        # a view of LAMMPS's (dense, N^2) array: copy only the rows of the configuration's atoms
+        arr = self.lmp.numpy.extract_compute("snap", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY)
         press = np.array(self.lmp.numpy.extract_compute("ref_press", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR))
         K = self.K
         if arr.shape != (ns + 3 * ns * ns + 1, K + 3):
             raise RuntimeError(f"unexpected compute snap array shape {arr.shape} for {ns} atoms, K={K}")
-        B = arr[:n, 3:].copy()
-        ref_forces = arr[:n, :3] @ T
+        B = np.array(arr[:n, 3:])
+        ref_forces = np.array(arr[:n, :3]) @ T
         ref_energy = float(arr[-1, 0]) / n_copies
         # rows ns + 3ns*j + 3i + a hold -dB_i/dR_j^a: keep the configuration's atoms i
-        grad = -arr[ns:-1, 3:].reshape(ns, ns, 3, K)[:, :n]  # (j, i, a, k)
+        grad = -np.array(arr[ns:-1].reshape(ns, ns, 3, K + 3)[:, :n, :, 3:])  # (j, i, a, k)
         del arr
         grad = np.einsum("jiak,ab->ijbk", grad, T)  # (i, j, a, k), input frame
         virial = strain_derivatives(grad, big_pos, big_cell, pbc)
