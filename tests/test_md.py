@@ -247,6 +247,7 @@ def test_workflow_exports_and_validates(tmp_path, repo_root):
             "steps": 400,
             "timestep": 0.00025,
             "check_snapshots": 1,
+            "npt_steps": 100,
         },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
