@@ -25,7 +25,7 @@ def group_options(cfg, group):
         opts["eweight"] = torch_cfg["energy_weight"]
     if torch_cfg["force_weight"] is not None:
         opts["fweight"] = torch_cfg["force_weight"]
-    if torch_cfg["virial_weight"] is not None:
+    if torch_cfg.get("virial_weight") is not None:
         opts["vweight"] = torch_cfg["virial_weight"]
     if torch_cfg["training_fraction"] is not None:
         opts["training_size"] = torch_cfg["training_fraction"]

@@ -32,9 +32,9 @@ def fits_stress(cfg):
     """True when stresses are computed, stored and fitted: ``calculator.stress`` is 1 (FitSNAP's
     switch for the virial rows) and some virial weight (group ``vweight``, or the global
     ``pytorch.virial_weight`` overriding them) is above 0."""
-    if not cfg["calculator"]["stress"]:
+    if not cfg["calculator"].get("stress", 0):
         return False
-    vw = cfg["pytorch"]["virial_weight"]
+    vw = cfg["pytorch"].get("virial_weight")
     if vw is not None:
         return vw > 0
     groups = cfg["groups"]
