@@ -121,7 +121,7 @@ rule evaluation_configs:
 
 
 rule plot_evaluation:
-    """Parity plots, per-group errors and the force-error histogram (PNG for the report, PDF)."""
+    """Parity plots (energy, force, stress), per-group errors and the force-error histogram (PNG for the report, PDF)."""
     input:
         layout.predictions("{evaluation}"),
     output:
@@ -149,12 +149,19 @@ rule plot_evaluation:
             category=layout.evaluation_dir("{evaluation}"),
             labels={"figure": "force error histogram"},
         ),
+        stress_parity_png=report(
+            layout.plot("{evaluation}", "stress_parity", "png"),
+            caption="../report/stress_parity.rst",
+            category=layout.evaluation_dir("{evaluation}"),
+            labels={"figure": "stress parity"},
+        ),
         energy_parity_pdf=layout.plot("{evaluation}", "energy_parity", "pdf"),
         force_parity_pdf=layout.plot("{evaluation}", "force_parity", "pdf"),
         group_errors_pdf=layout.plot("{evaluation}", "group_errors", "pdf"),
         force_error_histogram_pdf=layout.plot(
             "{evaluation}", "force_error_histogram", "pdf"
         ),
+        stress_parity_pdf=layout.plot("{evaluation}", "stress_parity", "pdf"),
     log:
         layout.evaluation_log("{evaluation}", "plots"),
     conda:

@@ -12,8 +12,9 @@ from potflow.descriptors.compute import compute_group_descriptors
 from potflow.training.loop import TrainPaths
 
 
-def synthetic_xyz(path, n_configs, elements, seed, repeat=2):
-    """bcc supercells with random displacements, labelled by a smooth Lennard-Jones potential."""
+def synthetic_xyz(path, n_configs, elements, seed, repeat=2, stress=False):
+    """bcc supercells with random displacements, labelled by a smooth Lennard-Jones potential
+    (with ``stress``, its stress too)."""
     from ase.build import bulk
     from ase.calculators.lj import LennardJones
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -28,7 +29,8 @@ def synthetic_xyz(path, n_configs, elements, seed, repeat=2):
         atoms.positions += rng.normal(0, 0.06 + 0.02 * (m % 3), atoms.positions.shape)
         atoms.calc = LennardJones(sigma=2.6, epsilon=0.2, rc=4.6, smooth=True)
         e, f = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = SinglePointCalculator(atoms, energy=e - 8.0 * len(atoms), forces=f)
+        extra = {"stress": atoms.get_stress()} if stress else {}
+        atoms.calc = SinglePointCalculator(atoms, energy=e - 8.0 * len(atoms), forces=f, **extra)
         frames.append(atoms)
     write(path, frames, format="extxyz")
 
@@ -51,15 +53,16 @@ def base_config(elements=("Ta",), **pytorch):
     return prepare_config(cfg)
 
 
-def make_groups(root, cfg, sizes, seed=0):
-    """Descriptor folders of synthetic groups named g0, g1, ... with ``sizes`` configurations."""
+def make_groups(root, cfg, sizes, seed=0, stress=False):
+    """Descriptor folders of synthetic groups named g0, g1, ... with ``sizes`` configurations
+    (with ``stress``, labelled with stresses)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     folders = []
     elements = cfg["bispectrum"]["type"]
     for k, n in enumerate(sizes):
         xyz, npz, out = root / f"g{k}.xyz", root / f"g{k}.npz", root / "desc" / f"g{k}"
-        synthetic_xyz(xyz, n, elements, seed + k)
+        synthetic_xyz(xyz, n, elements, seed + k, stress=stress)
         import_group(xyz, "XYZ", elements, npz)
         compute_group_descriptors(cfg, npz, out, f"g{k}")
         folders.append(str(out))

@@ -158,6 +158,8 @@ DATA_CASES = {
     "OverlappingAtoms": _overlap,
     "ZeroVolumeCell": _flat_cell,
     "UnknownElement": lambda rec: rec["AtomTypes"].__setitem__(0, "W"),
+    "StressWrongShape": lambda rec: rec.update(Stress=[s[:2] for s in rec["Stress"]]),
+    "NanStress": lambda rec: rec["Stress"][1].__setitem__(1, float("nan")),
 }
 
 
@@ -227,6 +229,14 @@ def test_zero_volume_cell(bad_data):
 
 def test_unknown_element(bad_data):
     data_error(bad_data, "UnknownElement", "data/UnknownElement/bad.json: element(s) W not in config bispectrum.type ['Ta']")
+
+
+def test_stress_of_the_wrong_shape(bad_data):
+    data_error(bad_data, "StressWrongShape", "data/StressWrongShape/bad.json: field 'Stress' has shape (3, 2), expected (3, 3)")
+
+
+def test_nan_stress(bad_data):
+    data_error(bad_data, "NanStress", "data/NanStress/bad.json: field 'Stress' contains NaN or inf")
 
 
 def test_empty_group(bad_data):

@@ -226,7 +226,7 @@ def test_sweep_with_committees_end_to_end(tmp_path, repo_root):
         "sweep": {"pytorch.layer_sizes": [["num_desc", 4, 1], ["num_desc", 8, 1]]},
         "committee": {"members": 2, "force_std_threshold": 1e-4},
         "leaderboard": {"sort_by": "parameters"},
-        "md": {"steps": 40, "dump_every": 10, "thermo_every": 10, "min_atoms": 16, "check_snapshots": 0, "drift_bound": 10.0},
+        "md": {"steps": 40, "dump_every": 10, "thermo_every": 10, "min_atoms": 16, "check_snapshots": 0, "drift_bound": 10.0, "npt_steps": 40},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     plan = snakemake(tmp_path, "--dry-run", "--quiet", "rules")

@@ -25,7 +25,8 @@ ZBL = {
     "pair_coeff": ["* * zero", "* * zbl 73 73"],
 }
 MD = {"structure": "lattice", "lattice": "bcc", "lattice_constant": 3.316, "supercell": [3, 3, 3],
-      "steps": 200, "thermo_every": 10, "check_snapshots": 2, "temperature": 300.0}  # fmt: skip
+      "steps": 200, "thermo_every": 10, "check_snapshots": 2, "temperature": 300.0, "npt_steps": 100,
+      "npt_volume_tolerance": 10.0}  # fmt: skip  (a random network: its cell may swell a lot)
 
 
 def ta_config(**md):
@@ -98,6 +99,10 @@ def test_md_writes_every_output_with_small_drift_and_exact_forces(exported, tmp_
     assert all(s["max_force"] > 1e-2 for s in summary["snapshots"])  # atoms feel real forces
     assert json.loads(outputs["summary"].read_text())["drift_ok"] is True
     assert "energy drift" in outputs["text"].read_text()
+    # the constant-pressure run, reported against the start (bcc Ta at 3.316 A: 18.23 A^3/atom)
+    assert summary["start_volume_per_atom_A3"] == pytest.approx(3.316**3 / 2)
+    assert summary["npt_volume_ok"] and np.isfinite(summary["npt_mean_volume_per_atom_A3"])
+    assert "NPT:" in outputs["text"].read_text() and "mean volume" in outputs["text"].read_text()
     assert outputs["plot"].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -242,6 +247,7 @@ def test_workflow_exports_and_validates(tmp_path, repo_root):
             "steps": 400,
             "timestep": 0.00025,
             "check_snapshots": 1,
+            "npt_steps": 100,
         },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -369,3 +375,18 @@ def test_two_element_md_maps_masses_and_dump_elements(tmp_path):
     assert [f.info["step"] for f in frames] == [0, 20, 40, 60]
     for frame in frames:
         assert frame.get_chemical_symbols() == symbols
+
+
+def test_npt_flags_a_cell_whose_volume_runs_away(exported, tmp_path, capsys):
+    """A constant-pressure run whose mean volume leaves md.npt_volume_tolerance (this random
+    network's cell swells by tens of %) is flagged in summary.json and summary.txt and warned
+    about; the rule's outputs are still written."""
+    model, paths = exported
+    cfg = ta_config(steps=20, check_snapshots=0, npt_steps=100, npt_volume_tolerance=0.05)
+    outputs = outputs_in(tmp_path)
+    summary = pmd.validate_md(cfg, model, include_commands(paths), pmd.md_structure(cfg), outputs, tmp_path / "log.lammps")
+    assert summary["npt_volume_ok"] is False and abs(summary["npt_volume_change"]) > 0.05
+    assert json.loads(outputs["summary"].read_text())["npt_volume_ok"] is False
+    assert "COLLAPSING OR EXPLODING" in outputs["text"].read_text()
+    assert "warning: NPT run: the cell collapses or explodes" in capsys.readouterr().out
+    assert "fix npt" in (tmp_path / "log.lammps").read_text()

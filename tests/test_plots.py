@@ -32,6 +32,9 @@ def synthetic_evaluation(seed=0, has_forces=True):
         "force_pred": truth_f + rng.normal(0, 0.1, (a, 3)),
         "atom_energy_pred": np.zeros(a),
         "has_forces": np.array(has_forces),
+        "has_stress": np.array(True),
+        "stress_truth": (truth_s := rng.normal(0, 5000.0, (m, 6))),
+        "stress_pred": truth_s + rng.normal(0, 300.0, (m, 6)),
         "info": np.array("{}"),
     }
 

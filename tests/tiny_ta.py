@@ -17,6 +17,7 @@ def tiny_config(data_path="data"):
         "reference": dict(ZBL),
         # a short fit (4 training configurations): the workflow tests check the pipeline, not the fit
         "pytorch": {"layer_sizes": ["num_desc", 16, 1], "num_epochs": 2, "batch_size": 2},
+        "md": {"npt_steps": 100},  # the NPT run is exercised, briefly
     }
 
 

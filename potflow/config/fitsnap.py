@@ -219,6 +219,7 @@ CONVERTED = {
         "save_freq": ("save_freq", _int),
         "energy_weight": ("energy_weight", _float),
         "force_weight": ("force_weight", _float),
+        "virial_weight": ("virial_weight", _float),
         "training_fraction": ("training_fraction", _float),
         "multi_element_option": ("multi_element_option", _int),
         "num_elements": ("num_elements", _int),

@@ -25,6 +25,8 @@ def group_options(cfg, group):
         opts["eweight"] = torch_cfg["energy_weight"]
     if torch_cfg["force_weight"] is not None:
         opts["fweight"] = torch_cfg["force_weight"]
+    if torch_cfg.get("virial_weight") is not None:
+        opts["vweight"] = torch_cfg["virial_weight"]
     if torch_cfg["training_fraction"] is not None:
         opts["training_size"] = torch_cfg["training_fraction"]
         opts["testing_size"] = 1.0 - torch_cfg["training_fraction"]

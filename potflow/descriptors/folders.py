@@ -18,6 +18,20 @@ With M configurations, A = sum N_m atoms, K descriptors and R stored gradient ro
 Forces follow as F_j^a = -sum_i sum_k dE/dB_ik * grad_values[(i, j, a), k].
 All vectors are in the frame of the input data (LAMMPS's rotated frame is undone).
 An energy-only fit (no force weight) stores R = 0 rows and LAMMPS never builds the N^2 array.
+
+A fit with stresses (``settings["stress"]`` in meta.json; see ``fits_stress``) adds, with the
+Voigt order v = xx yy zz yz xz xy and stresses as LAMMPS's pressure tensor in bar:
+
+  virial_values.npy (6A, K) gradient_dtype  row 6 a + v: dB_a/d(strain_v) of atom a
+                                            (symmetrised; reshape to (A, 6, K))
+  volume.npy        (M,)    float64   cell volume (A^3)
+  stress.npy        (M, 6)            DFT stress (NaN where a configuration has none)
+  ref_stress.npy    (M, 6)            reference-potential pressure tensor (LAMMPS)
+  stress_target.npy (M, 6)            stress - ref_stress
+
+The model's stress is P_v = -(1/V) sum_a sum_k dE/dB_ak virial_values[6 a + v, k], converted
+from eV/A^3 to bar (``config_virial`` gives one configuration's pieces). A fit without stresses
+stores none of these, and its folders are byte for byte those of before.
 """
 
 import json
@@ -35,6 +49,25 @@ ARRAYS = (
     "descriptors", "atom_types", "natoms", "energy", "ref_energy", "energy_target", "forces",
     "ref_forces", "force_target", "grad_values", "grad_index", "grad_ptr", "files",
 )  # fmt: skip
+
+
+STRESS_ARRAYS = ("virial_values", "volume", "stress", "ref_stress", "stress_target")
+
+
+def has_stress(meta):
+    """Whether a folder (its meta.json) holds the stress arrays."""
+    return bool(meta["settings"].get("stress", False))
+
+
+def config_virial(arrays, m):
+    """Configuration ``m`` of a folder with stresses: (dB/d(strain) (N, 6, K) float64, volume
+    (A^3), stress target (6,) in bar). Its model stress is ``model_stress(dE/dB, virial, volume)``
+    of ``potflow.descriptors.compute`` (also a linear model's: dE/dB_i = beta of i's element)."""
+    natoms = np.asarray(arrays["natoms"], dtype=np.int64)
+    a0 = int(natoms[:m].sum())
+    n, K = int(natoms[m]), arrays["virial_values"].shape[1]
+    virial = np.asarray(arrays["virial_values"][6 * a0 : 6 * (a0 + n)], dtype=np.float64).reshape(n, 6, K)
+    return virial, float(arrays["volume"][m]), np.asarray(arrays["stress_target"][m], dtype=np.float64)
 
 
 class NpyAppender:
@@ -95,7 +128,7 @@ def open_group(folder, cfg=None, mmap=True):
             )
     mode = "r" if mmap else None
     arrays = {}
-    for name in ARRAYS:
+    for name in ARRAYS + (STRESS_ARRAYS if has_stress(meta) else ()):
         try:
             arrays[name] = np.load(folder / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
         except (OSError, ValueError) as exc:

@@ -10,6 +10,10 @@ Conventions (FitSNAP's PyTorch solver's, so scripts written for its files keep w
 * Energies are per atom (eV/atom) and the energy error is one number per configuration;
   force errors are per Cartesian component (eV/Angstrom). ``Count`` is configurations for
   Energy and atoms for Force.
+* A fit with stresses adds ``Stress`` rows (bar, per Voigt component: Count = 6 x the
+  configurations that have a stress) and twelve perconfig.dat columns after the others:
+  ``Sxx_Truth Syy_Truth Szz_Truth Syz_Truth Sxz_Truth Sxy_Truth`` then the same ``_Pred``, the
+  pressure tensor (FitSNAP JSON's sign, LAMMPS's) minus the reference potential's, in bar.
 * ``Train`` is the training side of the split: the configurations the network was fitted
   on *and* the validation configurations that picked the epoch (``set`` train or val in
   split.tsv). Only data the fit never saw is ``Test``: ``set`` test, and every
@@ -43,7 +47,7 @@ import pandas as pd
 from potflow.data.structures import load_group
 from potflow.descriptors.folders import open_group
 from potflow.errors import PotflowInputError
-from potflow.evaluation.predictions import has_committee, model_info, testing_bool
+from potflow.evaluation.predictions import evaluates_stress, has_committee, model_info, testing_bool
 from potflow.fileio import atomic_path, write_text
 
 METRICS_COLUMNS = ["Group", "Train/Test", "Property", "Count", "MAE", "RMSE"]
@@ -56,6 +60,12 @@ PERATOM_COLUMNS = [
     "Filename", "Group", "AtomID", "Type", "Fx_Truth", "Fy_Truth", "Fz_Truth",
     "Fx_Pred", "Fy_Pred", "Fz_Pred", "Testing_Bool",
 ]  # fmt: skip
+
+
+STRESS_COMPONENTS = ("xx", "yy", "zz", "yz", "xz", "xy")  # Voigt order, FitSNAP's
+
+
+PERCONFIG_STRESS_COLUMNS = [f"S{c}_{kind}" for kind in ("Truth", "Pred") for c in STRESS_COMPONENTS]
 
 
 PERCONFIG_COMMITTEE_COLUMNS = ["Energy_Committee_Mean", "Energy_Committee_Std"]
@@ -76,6 +86,10 @@ def metrics_table(ev):
     energy_err = (ev["energy_pred"] - ev["energy_truth"]) / natoms
     force_err = ev["force_pred"] - ev["force_truth"]
     has_forces = bool(ev["has_forces"])
+    stress = evaluates_stress(ev)
+    if stress:
+        stress_err = ev["stress_pred"] - ev["stress_truth"]
+        has_truth = np.isfinite(ev["stress_truth"]).all(axis=1)
     testing = testing_bool(ev)
     rows = []
     blocks = [("*ALL", np.ones(len(natoms), bool))]
@@ -89,6 +103,9 @@ def metrics_table(ev):
                 rows.append((name, label, "Force", int(atom_sel.sum()), *_errors(force_err[atom_sel])))
             else:
                 rows.append((name, label, "Force", 0, np.nan, np.nan))
+            if stress:
+                err = stress_err[sel & has_truth]
+                rows.append((name, label, "Stress", int(err.size), *_errors(err)))
     return pd.DataFrame(rows, columns=METRICS_COLUMNS)
 
 
@@ -128,7 +145,8 @@ def metrics_notes(ev):
     info = model_info(ev)
     notes = [
         "Energy: per-configuration error in eV/atom, Count = configurations; "
-        "Force: per-component error in eV/&Aring;, Count = atoms.",
+        "Force: per-component error in eV/&Aring;, Count = atoms"
+        + ("; Stress: per Voigt component in bar, Count = 6 &times; configurations." if evaluates_stress(ev) else "."),
         "Truth = DFT plus eshift minus the reference potential (the fitted quantity, as in FitSNAP).",
         "Train includes the validation configurations that selected the model; "
         "Test is data the fit never saw.",
@@ -158,6 +176,10 @@ def perconfig_frame(ev):
         },
         columns=PERCONFIG_COLUMNS,
     )
+    if evaluates_stress(ev):
+        values = np.hstack([ev["stress_truth"], ev["stress_pred"]])
+        for k, name in enumerate(PERCONFIG_STRESS_COLUMNS):
+            frame[name] = values[:, k]
     if has_committee(ev):
         frame["Energy_Committee_Mean"] = ev["energy_committee_mean"] / natoms
         frame["Energy_Committee_Std"] = ev["energy_committee_std"] / natoms
@@ -248,6 +270,9 @@ def config_records(ev, folders, structures):
                     "atom_energy_pred": ev["atom_energy_pred"][ea:eb].copy(),
                 }
             )
+            if evaluates_stress(ev):  # bar, Voigt; the fitted quantity (minus the reference's)
+                records[-1]["stress_target"] = ev["stress_truth"][c].copy()
+                records[-1]["stress_pred"] = ev["stress_pred"][c].copy()
     return records
 
 

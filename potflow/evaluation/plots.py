@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from potflow.errors import PotflowInputError
 from potflow.evaluation.error_files import metrics_table
-from potflow.evaluation.predictions import testing_bool
+from potflow.evaluation.predictions import evaluates_stress, testing_bool
 from potflow.fileio import atomic_path
 from potflow.workflow.layout import EVALUATION_FIGURES
 
@@ -79,6 +79,22 @@ def force_parity(ev, title=""):
     else:
         ax.text(0.5, 0.5, "no forces in this fit", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(f"{title} force components".strip())
+    return fig
+
+
+def stress_parity(ev, title=""):
+    """Predicted vs true stress components (bar), train and test."""
+    fig = Figure(figsize=(5.5, 5.5))
+    ax = fig.add_subplot()
+    if evaluates_stress(ev):
+        has_truth = np.isfinite(ev["stress_truth"]).all(axis=1)
+        testing = np.repeat(testing_bool(ev)[has_truth], 6)
+        truth, pred = ev["stress_truth"][has_truth].ravel(), ev["stress_pred"][has_truth].ravel()
+        _parity(ax, truth, pred, testing, "bar", "Stress component", "components")
+    else:
+        ax.text(0.5, 0.5, "no stresses in this fit (calculator.stress 0 or every vweight 0)",
+                ha="center", va="center", transform=ax.transAxes)  # fmt: skip
+    ax.set_title(f"{title} stress components".strip())
     return fig
 
 
@@ -175,5 +191,5 @@ def loss_curves(loss, title=""):
 
 def evaluation_figures(ev, title=""):
     """name -> Figure for every figure of an evaluation (FIGURES order)."""
-    makers = (energy_parity, force_parity, group_errors, force_error_histogram)
+    makers = (energy_parity, force_parity, group_errors, force_error_histogram, stress_parity)
     return {name: make(ev, title) for name, make in zip(FIGURES, makers, strict=True)}

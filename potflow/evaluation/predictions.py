@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from potflow.data.splits import read_split
-from potflow.descriptors.folders import open_group
+from potflow.descriptors.compute import model_stress_batch
+from potflow.descriptors.folders import has_stress, open_group
 from potflow.errors import PotflowInputError
 from potflow.fileio import atomic_path
 from potflow.models.files import load_model
@@ -45,8 +46,9 @@ def _batches(natoms, ptr, max_rows, max_atoms):
 
 
 @torch.no_grad()
-def predict_group(model, arrays, with_forces=True, max_rows=MAX_BATCH_ROWS, max_atoms=MAX_BATCH_ATOMS):
-    """(config energies (M,), forces (A, 3), per-atom energies (A,)) of one descriptor folder.
+def predict_group(model, arrays, with_forces=True, max_rows=MAX_BATCH_ROWS, max_atoms=MAX_BATCH_ATOMS, with_stress=False):
+    """(config energies (M,), forces (A, 3), per-atom energies (A,)) of one descriptor folder;
+    with ``with_stress`` a fourth item, the stresses (M, 6) in bar (LAMMPS's pressure tensor).
 
     Configurations go through ``predict`` in batches; gradient rows are renumbered from
     within-configuration to within-batch atoms.
@@ -58,6 +60,7 @@ def predict_group(model, arrays, with_forces=True, max_rows=MAX_BATCH_ROWS, max_
     energy = np.zeros(len(natoms))
     forces = np.zeros((offsets[-1], 3))
     atom_energy = np.zeros(offsets[-1])
+    stress = np.zeros((len(natoms), 6))
     for s, e in _batches(natoms, ptr, max_rows, max_atoms):
         a0, a1, r0, r1 = offsets[s], offsets[e], ptr[s], ptr[e]
         # np.array copies the memory-mapped slice (read-only) into a writable array for torch
@@ -73,6 +76,12 @@ def predict_group(model, arrays, with_forces=True, max_rows=MAX_BATCH_ROWS, max_
         energy[s:e] = en.double().numpy()
         forces[a0:a1] = fo.double().numpy()
         atom_energy[a0:a1] = ea.double().numpy()
+        if with_stress:
+            dedb = model.energy_and_gradient(B, types)[1].double().numpy()
+            virial = np.asarray(arrays["virial_values"][6 * a0 : 6 * a1], dtype=np.float64).reshape(a1 - a0, 6, -1)
+            stress[s:e] = model_stress_batch(dedb, virial, np.asarray(arrays["volume"][s:e]), natoms[s:e])
+    if with_stress:
+        return energy, forces, atom_energy, stress
     return energy, forces, atom_energy
 
 
@@ -111,6 +120,8 @@ def evaluate_model(model, folders, cfg, split=None, info=None, where="model"):
             )
     parts = []
     has_forces = True
+    metas = {group: open_group(folder, cfg)[1] for group, folder in folders.items()}
+    stress = all(has_stress(meta) for meta in metas.values())
     for g, (group, folder) in enumerate(folders.items()):
         arrays, meta = open_group(folder, cfg)
         check_model(model, meta, cfg, where)
@@ -133,7 +144,8 @@ def evaluate_model(model, folders, cfg, split=None, info=None, where="model"):
         else:
             index = np.arange(len(natoms))
             sets = np.full(len(natoms), "test")
-        energy, forces, atom_energy = predict_group(model, arrays, with_forces=has_forces)
+        predicted = predict_group(model, arrays, with_forces=has_forces, with_stress=stress)
+        energy, forces, atom_energy = predicted[:3]
         offsets = np.concatenate([[0], np.cumsum(natoms)])
         atoms = np.concatenate([np.arange(offsets[m], offsets[m + 1]) for m in index]) if len(index) else np.zeros(0, int)
         types = np.asarray(arrays["atom_types"])
@@ -154,6 +166,9 @@ def evaluate_model(model, folders, cfg, split=None, info=None, where="model"):
                 "atom_energy_pred": atom_energy[atoms],
             }
         )
+        if stress:  # bar, Voigt xx yy zz yz xz xy; truth NaN where a configuration has none
+            parts[-1]["stress_truth"] = np.asarray(arrays["stress_target"], dtype=np.float64)[index]
+            parts[-1]["stress_pred"] = predicted[3][index]
     if not parts:
         raise PotflowInputError(where, "no groups to evaluate")
     ev = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -161,8 +176,14 @@ def evaluate_model(model, folders, cfg, split=None, info=None, where="model"):
     ev["set"] = ev["set"].astype(str)
     ev["groups"] = np.array(groups, dtype=str)
     ev["has_forces"] = np.array(has_forces)
+    ev["has_stress"] = np.array(stress)
     ev["info"] = np.array(json.dumps(info or {}, sort_keys=True, default=str))
     return ev
+
+
+def evaluates_stress(ev):
+    """Whether an evaluation holds stresses (a fit with stresses; older files hold none)."""
+    return "has_stress" in ev and bool(ev["has_stress"])
 
 
 def testing_bool(ev):

@@ -1,11 +1,15 @@
-"""MD validation: NVE in LAMMPS with the exported potential, checked against the torch model.
+"""MD validation: NVE and NPT in LAMMPS with the exported potential, checked against the torch model.
 
 LAMMPS runs through its Python module with the exported ``.mod`` file. The run writes the
 LAMMPS log, a thermo table, a summary (energy drift per atom per ps from a linear fit of the
 total energy, mean temperature, largest LAMMPS-vs-torch force difference on a few snapshots),
 a plot and the trajectory (extxyz, a frame every ``md.dump_every`` steps, LAMMPS forces). It
 fails with one clear line, keeping the log, when atoms are lost, energies stop being finite,
-or the drift exceeds ``md.drift_bound``.
+or the drift exceeds ``md.drift_bound``. A constant-pressure run (``fix npt``, ``md.npt_*``)
+follows: its mean volume per atom is reported against the starting structure's and the
+training data's, and a cell that collapses or explodes (LAMMPS stops, or the volume moves by more
+than ``md.npt_volume_tolerance``) is flagged in the summary (``npt_volume_ok`` false) and printed
+as a warning; it does not stop the workflow (a short fit's cell may well run away).
 """
 
 import copy
@@ -246,6 +250,99 @@ dump_modify frames sort id element {" ".join(elements)} format float %.12g
     return read_thermo(raw), snapshots
 
 
+NPT_COLUMNS = ["step", "time_ps", "temperature_K", "pressure_bar", "volume_A3"]
+
+
+def run_npt(setup_commands, atoms, elements, md, log_file):
+    """Constant-pressure run (Nose-Hoover ``fix npt``, isotropic) of ``atoms``: (thermo table
+    (NPT_COLUMNS, every ``md.thermo_every`` steps), None or why the run stopped early). LAMMPS's
+    log is appended to ``log_file``."""
+    natoms = len(atoms)
+    types = np.array([elements.index(s) for s in atoms.get_chemical_symbols()])
+    temperature = md["npt_temperature"] if md["npt_temperature"] is not None else max(md["temperature"], 1.0)
+    dt, pressure = md["timestep"], md["npt_pressure"]
+    lmp = open_lammps()
+    rows, stopped = [], None
+    try:
+        try:
+            lmp.command(f"log {log_file} append")
+            create_cell(lmp, atoms.positions, atoms.cell[:], atoms.pbc, types, len(elements))
+            for command in setup_commands:
+                lmp.command(command)
+            lmp.commands_string(
+                f"""velocity all create {temperature!r} {md["seed"]} mom yes rot no dist gaussian
+timestep {dt!r}
+fix npt all npt temp {temperature!r} {temperature!r} {100 * dt!r} iso {pressure!r} {pressure!r} {200 * dt!r}
+thermo_style custom step temp press vol
+thermo_modify norm no lost error flush yes
+thermo {md["thermo_every"]}
+"""
+            )
+        except Exception as exc:
+            _fail(log_file, f"LAMMPS could not set the NPT run up: {_lammps_error(exc)}")
+        done = 0
+        while done < md["npt_steps"] and stopped is None:
+            chunk = min(md["thermo_every"], md["npt_steps"] - done)
+            try:
+                lmp.command(f"run {chunk} post no")
+            except Exception as exc:
+                stopped = f"LAMMPS stopped between steps {done} and {done + chunk}: {_lammps_error(exc)}"
+                break
+            done += chunk
+            row = [done, done * dt] + [float(lmp.get_thermo(k)) for k in ("temp", "press", "vol")]
+            if lmp.get_natoms() != natoms:
+                stopped = f"lost atoms by step {done}"
+            elif not np.isfinite(row).all():
+                stopped = f"temperature, pressure or volume not finite at step {done}"
+            else:
+                rows.append(row)
+    finally:
+        lmp.close()
+    return pd.DataFrame(rows, columns=NPT_COLUMNS), stopped
+
+
+def npt_summary(table, natoms, start_volume_per_atom, training_volume_per_atom, md, stopped=None):
+    """Mean volume per atom over the second half of the NPT run, against the start's and the
+    training data's (min, mean, max), and whether the cell held together."""
+    half = table.iloc[len(table) // 2 :]
+    mean_v = float(half["volume_A3"].mean()) / natoms if len(half) else float("nan")
+    change = mean_v / start_volume_per_atom - 1.0
+    return {
+        "npt_stopped": stopped,
+        "npt_steps": md["npt_steps"],
+        "npt_pressure_bar": md["npt_pressure"],
+        "npt_mean_temperature_K": float(half["temperature_K"].mean()),
+        "npt_mean_pressure_bar": float(half["pressure_bar"].mean()),
+        "npt_mean_volume_per_atom_A3": mean_v,
+        "start_volume_per_atom_A3": start_volume_per_atom,
+        "training_volume_per_atom_A3": training_volume_per_atom,
+        "npt_volume_change": change,
+        "npt_volume_ok": stopped is None and bool(abs(change) <= md["npt_volume_tolerance"]),
+    }
+
+
+def training_volumes(split_tsv, data_files):
+    """(min, mean, max) volume per atom (A^3) of the periodic training configurations, or None."""
+    if split_tsv is None or not data_files:
+        return None
+    split = pd.read_csv(split_tsv, sep="\t")
+    train = split[split["set"] == "train"]
+    files = {Path(p).stem: p for p in data_files}
+    values = []
+    for group, rows in train.groupby("group"):
+        if str(group) not in files:
+            continue
+        data = load_group(files[str(group)])
+        index = rows["index"].to_numpy(int)
+        periodic = data["pbc"][index].all(axis=1)
+        volume = np.abs(np.linalg.det(data["cells"][index]))
+        values.append((volume / data["natoms"][index])[periodic])
+    values = np.concatenate(values) if values else np.zeros(0)
+    if not len(values):
+        return None
+    return [float(values.min()), float(values.mean()), float(values.max())]
+
+
 def force_checker(model, cfg):
     """A snapshot callback comparing LAMMPS with the torch model plus the reference potential."""
     model64 = copy.deepcopy(model).double()
@@ -297,7 +394,7 @@ def plot_run(table, natoms, path, title=""):
 
 def summary_text(s):
     lines = [
-        "potflow MD validation (NVE, LAMMPS with the exported potential)",
+        "potflow MD validation (NVE" + (" and NPT" if "npt_steps" in s else "") + ", LAMMPS with the exported potential)",
         f"structure:          {s['structure']}",
         f"atoms:              {s['natoms']}",
         f"run:                {s['steps']} steps of {s['timestep_ps'] * 1000:g} fs = {s['duration_ps']:g} ps, "
@@ -307,6 +404,17 @@ def summary_text(s):
         f"{'ok' if s['drift_ok'] else 'EXCEEDED'})",
         f"total energy range: {s['total_energy_range_eV_per_atom']:.3e} eV/atom",
     ]
+    if "npt_mean_volume_per_atom_A3" in s:
+        train = s["training_volume_per_atom_A3"]
+        lines.append(
+            f"NPT:                {s['npt_steps']} steps at {s['npt_pressure_bar']:g} bar, "
+            f"{s['npt_mean_temperature_K']:.1f} K: mean volume {s['npt_mean_volume_per_atom_A3']:.4f} A^3/atom "
+            f"({s['npt_volume_change']:+.2%} from the start's {s['start_volume_per_atom_A3']:.4f}"
+            + (f"; training data {train[0]:.3f} to {train[2]:.3f}, mean {train[1]:.3f}" if train else "")
+            + f"), mean pressure {s['npt_mean_pressure_bar']:.0f} bar: "
+            + ("ok" if s["npt_volume_ok"] else "COLLAPSING OR EXPLODING")
+            + (f" ({s['npt_stopped']})" if s["npt_stopped"] else "")
+        )
     if s["snapshots"]:
         lines.append(
             f"LAMMPS vs torch:    max |dF| {s['max_force_difference']:.3e} eV/A, "
@@ -341,9 +449,10 @@ def read_frames(dump_file, timestep, thermo=None):
     return frames
 
 
-def validate_md(cfg, model, setup_commands, atoms, outputs, log_file):
+def validate_md(cfg, model, setup_commands, atoms, outputs, log_file, training_volume=None):
     """Run the MD validation and write ``outputs`` (thermo, summary, text, plot and, when
-    given, trajectory); returns the summary."""
+    given, trajectory); returns the summary. ``training_volume``: (min, mean, max) volume per
+    atom of the training data, reported beside the NPT run's."""
     md = cfg["md"]
     elements = list(cfg["bispectrum"]["type"])
     checker = force_checker(model, cfg) if md["check_snapshots"] else None
@@ -383,11 +492,25 @@ def validate_md(cfg, model, setup_commands, atoms, outputs, log_file):
         "seconds": seconds,
         "ns_per_day": duration / 1000 / max(seconds, 1e-9) * 86400,
     }
-    print(summary_text(summary), end="")
     if not summary["drift_ok"]:
+        print(summary_text(summary), end="")
         _fail(
             log_file,
             f"energy drift {drift:.3e} eV/atom/ps exceeds md.drift_bound {md['drift_bound']:.1e}",
+        )
+    if md["npt_steps"]:
+        t1 = time.perf_counter()
+        npt, stopped = run_npt(setup_commands, atoms, elements, md, log_file)
+        start = abs(float(np.linalg.det(atoms.cell[:]))) / natoms
+        summary.update(npt_summary(npt, natoms, start, training_volume, md, stopped))
+        summary["npt_seconds"] = time.perf_counter() - t1
+    print(summary_text(summary), end="")
+    if md["npt_steps"] and not summary["npt_volume_ok"]:
+        print(
+            f"warning: NPT run: the cell collapses or explodes (mean volume per atom "
+            f"{summary['npt_mean_volume_per_atom_A3']:.4g} A^3, {summary['npt_volume_change']:+.1%} from the "
+            f"start's; md.npt_volume_tolerance {md['npt_volume_tolerance']:g})"
+            + (f": {stopped}" if stopped else "")
         )
     write_tsv(outputs["thermo"], table, "%.12g")
     plot_run(table, natoms, outputs["plot"], f"NVE, {natoms} atoms, drift {drift:.2e} eV/atom/ps")
@@ -407,5 +530,6 @@ def validate_exported(
     model, _ = load_model(model_file)
     atoms = md_structure(cfg, split_tsv, data_files)
     return validate_md(
-        cfg, model, include_commands({"include": include_file}), atoms, outputs, log_file
-    )
+        cfg, model, include_commands({"include": include_file}), atoms, outputs, log_file,
+        training_volumes(split_tsv, data_files),
+    )  # fmt: skip

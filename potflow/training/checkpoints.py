@@ -35,6 +35,8 @@ def model_settings(cfg, model):
 def run_settings(cfg, group_names):
     """What a resume state must share with the config to continue the same fit."""
     tcfg = {k: v for k, v in cfg["pytorch"].items() if k not in _NOT_IN_RUN}
+    if tcfg.get("virial_weight") is None:  # unset: the run hash of fits from before the key
+        tcfg.pop("virial_weight", None)
     if tcfg["scheduler"]["type"] == "cosine":
         tcfg["num_epochs"] = cfg["pytorch"]["num_epochs"]  # the schedule's length
     return {

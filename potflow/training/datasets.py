@@ -1,7 +1,8 @@
 """Training data of a fit: its groups' descriptor folders, split and targets.
 
-Targets: energy E_m + sum_i eshift[element_i] - E_ref (FitSNAP adds [ESHIFT] to the DFT energy) and force F - F_ref; weights w^E_m, w^F_m
-from the group (or the global [PYTORCH] weights).
+Targets: energy E_m + sum_i eshift[element_i] - E_ref (FitSNAP adds [ESHIFT] to the DFT energy),
+force F - F_ref and, in a fit with stresses, stress S - S_ref (bar, Voigt); weights w^E_m, w^F_m,
+w^V_m from the group (or the global [PYTORCH] weights).
 """
 
 import math
@@ -14,7 +15,7 @@ import torch
 from potflow.config.groups import group_options
 from potflow.config.load import elements as config_elements
 from potflow.data.splits import split_group
-from potflow.descriptors.folders import open_group, release_pages
+from potflow.descriptors.folders import has_stress, open_group, release_pages
 from potflow.errors import PotflowInputError
 from potflow.fileio import write_text
 
@@ -55,6 +56,7 @@ class GroupData:
         self.row_start, self.nrows = ptr[:-1], np.diff(ptr)
         self.types = np.asarray(a["atom_types"], dtype=np.int64)
         self.has_forces = bool(self.meta["settings"].get("forces", True))
+        self.has_stress = has_stress(self.meta)
         if len(self.natoms) == 0:
             raise PotflowInputError(self.folder, "descriptor folder holds no configurations")
 
@@ -77,10 +79,11 @@ class FitData:
             raise PotflowInputError("config", f"a group is listed twice: {names}")
         self.num_desc = int(self.groups[0].meta["num_descriptors"])
         self.has_forces = all(g.has_forces for g in self.groups)
+        self.has_stress = all(g.has_stress for g in self.groups)
         tcfg, gcfg = cfg["pytorch"], cfg["groups"]
         eshift = np.array([float(cfg["eshift"].get(el, 0.0)) for el in self.elements])
         self.notes = []
-        cols = {k: [] for k in ("group_id", "index", "natoms", "set", "file", "energy", "ew", "fw")}
+        cols = {k: [] for k in ("group_id", "index", "natoms", "set", "file", "energy", "ew", "fw", "vw", "stress", "volume")}
         for gid, g in enumerate(self.groups):
             opts = group_options(cfg, g.name)
             n = len(g.natoms)
@@ -99,8 +102,30 @@ class FitData:
             cols["energy"].append(np.asarray(g.arrays["energy_target"], dtype=np.float64) + shift)
             cols["ew"].append(np.full(n, float(opts["eweight"])))
             cols["fw"].append(np.full(n, float(opts["fweight"]) if g.has_forces else 0.0))
+            vw = float(opts["vweight"]) if self.has_stress else 0.0
+            stress, volume = self._stress_targets(g, vw)
+            cols["vw"].append(np.full(n, vw))
+            cols["stress"].append(stress)
+            cols["volume"].append(volume)
         self.table = {k: np.concatenate(v) for k, v in cols.items()}
         self.table["set"] = self.table["set"].astype(str)
+
+    def _stress_targets(self, g, vweight):
+        """(stress targets (n, 6) bar, volumes (n,)) of a group; zeros without stresses. A group
+        with a virial weight needs every configuration's stress."""
+        n = len(g.natoms)
+        if not self.has_stress:
+            return np.zeros((n, 6)), np.ones(n)
+        target = np.asarray(g.arrays["stress_target"], dtype=np.float64)
+        missing = ~np.isfinite(target).all(axis=1)
+        if vweight > 0 and missing.any():
+            name = str(np.asarray(g.arrays["files"])[np.flatnonzero(missing)[0]])
+            raise PotflowInputError(
+                f"{g.folder} [{name}]",
+                f"configuration has no stress but group {g.name} has vweight {vweight:g} > 0 "
+                f"({int(missing.sum())} of {n} lack one): give the group vweight 0 or data with stresses",
+            )
+        return np.where(missing[:, None], 0.0, target), np.asarray(g.arrays["volume"], dtype=np.float64)
 
     def ids(self, name):
         return np.flatnonzero(self.table["set"] == name)
@@ -220,7 +245,10 @@ class ConfigSet:
         """Memory each configuration takes in a PreparedSet (with the per-epoch copies), in bytes."""
         s = torch.empty((), dtype=dtype).element_size()
         kx = self.data.num_desc + len(self.data.elements)
-        return self.natoms * (2 * kx * s + 6 * s + 48) + self.nrows * (self.data.num_desc * s + 9 + 24)
+        per_atom = 2 * kx * s + 6 * s + 48
+        if self.data.has_stress:  # dB/d(strain), 6 K per atom, and its per-epoch copy
+            per_atom += 2 * 6 * self.data.num_desc * s
+        return self.natoms * per_atom + self.nrows * (self.data.num_desc * s + 9 + 24)
 
     def prepared_bytes(self, dtype):
         return int(self.config_bytes(dtype).sum())

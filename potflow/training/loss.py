@@ -2,7 +2,11 @@
 
 Loss of a batch of M configurations (targets after the reference potential and eshift):
 
-  L = (1/M) sum_m [ w^E_m ((E_pred_m - E_m) / N_m)^2 + w^F_m / (3 N_m) sum_i |F_pred_mi - F_mi|^2 ]
+  L = (1/M) sum_m [ w^E_m ((E_pred_m - E_m) / N_m)^2 + w^F_m / (3 N_m) sum_i |F_pred_mi - F_mi|^2
+                    + w^V_m / 6 sum_v (S_pred_mv - S_mv)^2 ]
+
+with S the 6 Voigt components (xx yy zz yz xz xy) of the pressure tensor in bar (FitSNAP JSON's
+unit and sign; the stress term exists only in a fit with stresses).
 """
 
 import numpy as np
@@ -14,7 +18,14 @@ from potflow.training.collectives import sum_across
 def batch_loss_sum(model, batch, grad):
     """Sum over the batch's configurations of the per-configuration loss (0-d tensor)."""
     forces = batch.row_ids is not None
-    e_atom, dedx = model.standardised_energy_and_gradient(batch.x, batch.counts, need_gradient=forces)
+    stress = batch.virial is not None
+    e_atom, dedx = model.standardised_energy_and_gradient(batch.x, batch.counts, need_gradient=forces or stress)
+    stress_term = None
+    if stress:  # P_mv = sum_(i in m) dE/dx_i . virial_iv (virial pre-scaled, see PreparedSet)
+        per_atom = torch.einsum("ak,avk->av", dedx, batch.virial)
+        pred = e_atom.new_zeros((batch.n_configs, 6)).index_add(0, batch.atom_config, per_atom)
+        ds = pred - batch.stress
+        stress_term = torch.dot(batch.w_stress, (ds * ds).sum(1))
     if forces and batch.grad_scale is not None:  # raw rows (streamed): dE/dB = dE/dx / scale
         dedx = dedx * batch.grad_scale
     energy = e_atom.new_zeros(batch.n_configs).index_add(0, batch.atom_config, e_atom)
@@ -26,6 +37,8 @@ def batch_loss_sum(model, batch, grad):
         force = e_atom.new_zeros(batch.force.shape[0]).index_add(0, batch.row_ja, contrib)
         df = force - batch.force
         total = total + torch.dot(batch.w_force, df * df)
+    if stress_term is not None:
+        total = total + stress_term
     return total
 
 

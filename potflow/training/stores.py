@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from potflow.data.structures import EV_PER_A3_IN_BAR
 from potflow.models.network import ElementLayout
 from potflow.training.datasets import batch_sizes, concat_ranges, read_config_rows
 
@@ -29,11 +30,12 @@ class Batch:
 
     __slots__ = (
         "x", "counts", "atom_config", "n_configs", "energy", "w_energy", "force", "w_force",
-        "row_ids", "row_i", "row_ja", "grad_scale",
+        "row_ids", "row_i", "row_ja", "grad_scale", "virial", "stress", "w_stress",
     )  # fmt: skip
 
     def __init__(self, **kw):
         self.grad_scale = None
+        self.virial = self.stress = self.w_stress = None
         for k, v in kw.items():
             setattr(self, k, v)
 
@@ -64,6 +66,12 @@ class PreparedSet:
         self.w_energy = t["ew"][cs.ids] / self.natoms.astype(float) ** 2
         self.w_force = t["fw"][cs.ids] / (3.0 * self.natoms)
         self.has_forces = R > 0 and bool(np.any(self.w_force > 0))
+        # stresses: targets (M, 6) in bar and dB/d(strain) pre-multiplied so that the stress is
+        # P_mv = sum_(i in m) dE/dx_i . virial[i, v]  (P = -(1/V) dE/d(strain), in bar)
+        self.stress = t["stress"][cs.ids]
+        self.volume = t["volume"][cs.ids]
+        self.w_stress = t["vw"][cs.ids] / 6.0
+        self.has_stress = data.has_stress and bool(np.any(self.w_stress > 0))
         shift = np.asarray(shift, dtype=np.float64)
         scale = np.asarray(scale, dtype=np.float64)
         pin = pin and self.device.type == "cuda"
@@ -77,7 +85,10 @@ class PreparedSet:
         self.row_i = np.empty(R, np.int32)
         self.row_j = np.empty(R, np.int32)
         self.row_a = np.empty(R, np.int8)
+        virial = torch.empty((A, 6, K) if self.has_stress else (0, 6, K), dtype=dtype, pin_memory=pin)
         for g, local, pos in cs.pieces():
+            if self.has_stress:
+                self._read_virial(g, local, pos, scale, virial)
             if raw_gradients and bool(np.all(np.diff(pos) == 1)):  # consecutive in this set
                 self._read_raw(g, local, pos, shift, scale, x, grad, force)
                 continue
@@ -116,7 +127,18 @@ class PreparedSet:
         self.x = x.to(self.device, non_blocking=pin)
         self.grad = grad.to(self.device, non_blocking=pin)
         self.force = force.to(self.device, non_blocking=pin)
+        self.virial = virial.to(self.device, non_blocking=pin)
         self.M, self.A, self.R = M, A, R
+
+    def _read_virial(self, g, local, pos, scale, virial):
+        """dB/d(strain) of one piece's atoms, times -(bar/V) / scale (see ``stress``)."""
+        natoms = g.natoms[local]
+        atoms = concat_ranges(g.atom_start[local], natoms)
+        rows = (6 * atoms[:, None] + np.arange(6)).ravel()
+        D = np.asarray(g.arrays["virial_values"][rows], dtype=np.float64).reshape(len(atoms), 6, self.K)
+        volume = np.repeat(self.volume[pos], natoms)
+        D *= (-EV_PER_A3_IN_BAR / volume)[:, None, None] / scale[g.types[atoms]][:, None, :]
+        virial[torch.from_numpy(concat_ranges(self.atom_start[pos], natoms))] = torch.from_numpy(D).to(self.dtype)
 
     def _read_raw(self, g, local, pos, shift, scale, x, grad, force):
         """One piece whose configurations sit one after another in this set, read straight from
@@ -187,6 +209,11 @@ class PreparedSet:
         w_energy = split(self.w_energy[order], configs_per_batch, self.dtype)
         atom_configs = split(atom_config, n_atoms)
         grad_scales = [None] * nb
+        virials = stresses = w_stresses = [None] * nb
+        if self.has_stress:
+            virials = torch.split(self.virial.index_select(0, atom_ids_t), n_atoms)
+            stresses = torch.split(torch.as_tensor(self.stress[order], dtype=self.dtype, device=dev), configs_per_batch)
+            w_stresses = split(self.w_stress[order], configs_per_batch, self.dtype)
         if self.raw_gradients and self.has_forces:
             types_t = torch.as_tensor(self.types[atom_ids], device=dev)
             grad_scales = torch.split(self.grad_scale.to(dev).index_select(0, types_t), n_atoms)
@@ -203,7 +230,8 @@ class PreparedSet:
                 x=xs[b], counts=counts[b] if counts else None, atom_config=atom_configs[b],
                 n_configs=configs_per_batch[b], energy=energies[b], w_energy=w_energy[b],
                 force=forces[b], w_force=w_force[b], row_ids=row_ids_s[b], row_i=row_i_s[b],
-                row_ja=row_ja_s[b], grad_scale=grad_scales[b],
+                row_ja=row_ja_s[b], grad_scale=grad_scales[b], virial=virials[b],
+                stress=stresses[b], w_stress=w_stresses[b],
             )  # fmt: skip
             for b in range(nb)
         ]

@@ -92,7 +92,7 @@ MD_COMMITTEE_FILES = {
 }
 # The figures of an evaluation (potflow.evaluation.plots draws them, in this order), in plots/, and
 # those beside them: a fit's loss curves, a committee's uncertainty
-EVALUATION_FIGURES = ("energy_parity", "force_parity", "group_errors", "force_error_histogram")
+EVALUATION_FIGURES = ("energy_parity", "force_parity", "group_errors", "force_error_histogram", "stress_parity")
 LOSS_FIGURE = "loss_curves"
 COMMITTEE_FIGURE = "committee_uncertainty"
 
