@@ -9,8 +9,8 @@ import torch
 
 from potflow.config.load import load_config, prepare_config
 from potflow.data.structures import import_group
-from potflow.descriptors.compute import compute_group_descriptors
-from potflow.descriptors.folders import ARRAYS, META
+from potflow.descriptors.compute import compute_group_descriptors, model_stress
+from potflow.descriptors.folders import ARRAYS, META, STRESS_ARRAYS
 from potflow.descriptors.snap_index import bispectrum_triples
 from potflow.errors import PotflowInputError
 from potflow.lammps.session import potentials_dir
@@ -21,13 +21,17 @@ ELEMENTS = ["W", "Be"]
 
 
 def synthetic_folder(path, beta, beta0, seed, n_configs=12):
-    """A descriptor folder of random B and gradient rows whose targets are exactly linear."""
+    """A descriptor folder of random B, gradient rows and strain derivatives whose targets
+    (energies, forces, stresses as the network computes them: ``model_stress``) are exactly linear."""
     rng = np.random.default_rng(seed)
     natoms = rng.integers(1, 6, n_configs)
     types = np.concatenate([rng.integers(0, 2, n) for n in natoms]).astype(np.int32)
     types[0], types[1 if natoms[0] > 1 else natoms[0]] = 0, 1  # both elements present
     b = rng.normal(size=(natoms.sum(), K))
     energy, forces, gv, gi, ptr, a0 = [], [], [], [], [0], 0
+    virial = rng.normal(size=(natoms.sum(), 6, K))
+    volume = rng.uniform(20.0, 200.0, n_configs)
+    stress = []
     for n in natoms:
         t = types[a0 : a0 + n]
         energy.append(np.sum(np.einsum("ik,ik->i", b[a0 : a0 + n], beta[t]) + beta0[t]))
@@ -37,6 +41,7 @@ def synthetic_folder(path, beta, beta0, seed, n_configs=12):
         f = np.zeros((n, 3))
         np.add.at(f, (idx[:, 1], idx[:, 2]), -np.einsum("rk,rk->r", vals, beta[t[idx[:, 0]]]))
         forces.append(f)
+        stress.append(model_stress(beta[t], virial[a0 : a0 + n], volume[len(stress)]))
         gv.append(vals)
         gi.append(idx)
         ptr.append(ptr[-1] + rows)
@@ -47,11 +52,13 @@ def synthetic_folder(path, beta, beta0, seed, n_configs=12):
         "forces": np.concatenate(forces), "ref_forces": np.zeros((a0, 3)), "force_target": np.concatenate(forces),
         "grad_values": np.concatenate(gv), "grad_index": np.concatenate(gi).astype(np.int32),
         "grad_ptr": np.array(ptr, np.int64), "files": np.array([f"c{m}" for m in range(n_configs)]),
+        "virial_values": virial.reshape(-1, K), "volume": volume, "stress": np.array(stress),
+        "ref_stress": np.zeros((n_configs, 6)), "stress_target": np.array(stress),
     }  # fmt: skip
     path.mkdir()
-    for name in ARRAYS:
+    for name in ARRAYS + STRESS_ARRAYS:
         np.save(path / f"{name}.npy", arrays[name], allow_pickle=False)
-    meta = {"elements": ELEMENTS, "num_descriptors": K, "num_configs": n_configs, "settings": {"forces": True}}
+    meta = {"elements": ELEMENTS, "num_descriptors": K, "num_configs": n_configs, "settings": {"forces": True, "stress": True}}
     (path / META).write_text(json.dumps(meta))
     return path
 
@@ -71,16 +78,19 @@ def rel(a, b):
     return np.abs(a - b).max() / np.abs(b).max()
 
 
-@pytest.mark.parametrize("which", ["energy", "forces", "both"])
+@pytest.mark.parametrize("which", ["energy", "forces", "stress", "all"])
 def test_recovers_known_coefficients(folders, truth, which):
+    """Stress rows: a sign or a 1/V wrong in ``stress_rows`` fails ``stress`` (checked)."""
     beta, beta0 = truth
     rng = np.random.default_rng(3)
-    we = [rng.uniform(0.5, 20, 12) * (which != "forces") for _ in folders]
-    wf = [rng.uniform(0.5, 20, 12) * (which != "energy") for _ in folders]
-    fit = fit_linear(folders, energy_weights=we, force_weights=wf)
+    we = [rng.uniform(0.5, 20, 12) * (which in ("energy", "all")) for _ in folders]
+    wf = [rng.uniform(0.5, 20, 12) * (which in ("forces", "all")) for _ in folders]
+    wv = [rng.uniform(1e-8, 1e-6, 12) * (which in ("stress", "all")) for _ in folders]
+    fit = fit_linear(folders, energy_weights=we, force_weights=wf, virial_weights=wv)
     assert rel(fit.beta, beta) < 1e-10
     assert fit.residual_norm < 1e-9
-    if which == "forces":  # forces do not see the constants: minimum norm leaves them 0
+    assert fit.stress_rows == (2 * 12 * 6 if which in ("stress", "all") else 0)
+    if which in ("forces", "stress"):  # neither sees the constants: minimum norm leaves them 0
         assert fit.rank == 2 * K and np.abs(fit.beta0).max() < 1e-12
     else:
         assert fit.rank == 2 * (K + 1) and rel(fit.beta0, beta0) < 1e-10
@@ -88,7 +98,7 @@ def test_recovers_known_coefficients(folders, truth, which):
     e_ref = np.load(folders[0] / "energy_target.npy")
     f_ref = np.load(folders[0] / "force_target.npy")
     assert np.abs(f - f_ref).max() < 1e-10 * np.abs(f_ref).max()
-    if which != "forces":
+    if which not in ("forces", "stress"):
         assert np.abs(e - e_ref).max() < 1e-10 * np.abs(e_ref).max()
 
 

@@ -34,7 +34,7 @@ OTHER_FITSNAP_SOLVERS = ("LASSO", "ARD", "SLATE", "ANL", "MCMC", "OPT", "BCS", "
 # pytorch keys a linear fit reads as well: FitSNAP's global weights and training fraction (they
 # override the groups'), the memory budget of the streamed solve, the shared checkpoint name
 # and the CPU threads. Every other pytorch key configures the network only.
-LINEAR_PYTORCH_KEYS = ("energy_weight", "force_weight", "training_fraction", "memory_budget_mb", "save_state_output", "threads")
+LINEAR_PYTORCH_KEYS = ("energy_weight", "force_weight", "virial_weight", "training_fraction", "memory_budget_mb", "save_state_output", "threads")
 
 
 def is_linear(cfg):

@@ -60,16 +60,17 @@ def solve_config(cfg, folders, data=None):
     solver, alpha = fit_settings(cfg)
     data = data or split_data(cfg, folders)
     t = data.table
-    select, e_w, f_w = [], [], []
+    select, e_w, f_w, v_w = [], [], [], []
     for gid, _ in enumerate(data.groups):
         mine = t["group_id"] == gid
         select.append(t["index"][mine & (t["set"] == "train")])
         e_w.append(t["ew"][mine])
         f_w.append(t["fw"][mine])
+        v_w.append(t["vw"][mine])
     eshift = [float(cfg["eshift"].get(el, 0.0)) for el in data.elements]
     coefficients = fit_linear(
         [g.folder for g in data.groups], select, e_w, f_w, solver=solver, alpha=alpha,
-        memory_mb=cfg["pytorch"]["memory_budget_mb"], eshift=eshift,
+        memory_mb=cfg["pytorch"]["memory_budget_mb"], eshift=eshift, virial_weights=v_w,
     )  # fmt: skip
     return coefficients, data
 
@@ -83,8 +84,8 @@ def train_linear(cfg, folders, paths):
     print(
         f"potflow linear fit ({coefficients.solver}"
         + (f", alpha {coefficients.alpha:g}" if coefficients.solver == "RIDGE" else "")
-        + f"): {n_train} train / {n_test} test configurations, {coefficients.energy_rows} energy and "
-        f"{coefficients.force_rows} force rows, {coefficients.beta.size + coefficients.beta0.size} "
+        + f"): {n_train} train / {n_test} test configurations, {coefficients.energy_rows} energy, "
+        f"{coefficients.force_rows} force and {coefficients.stress_rows} stress rows, {coefficients.beta.size + coefficients.beta0.size} "
         f"coefficients, rank {coefficients.rank}, solved in {seconds:.2f} s"
     )
     print(f"weighted training loss at the solution: {coefficients.loss}")

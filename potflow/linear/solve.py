@@ -7,14 +7,18 @@ role); a configuration's energy is the sum over its atoms; F_j^a = -sum_i beta_e
 
 What is minimised, over the selected configurations m (N_m atoms):
 
-  S = sum_m [ w^E_m ((E_pred_m - E_m) / N_m)^2 + w^F_m / (3 N_m) sum_i |F_pred_mi - F_mi|^2 ]
+  S = sum_m [ w^E_m ((E_pred_m - E_m) / N_m)^2 + w^F_m / (3 N_m) sum_i |F_pred_mi - F_mi|^2
+              + w^V_m / 6 sum_v (S_pred_mv - S_mv)^2 ]
       + alpha |beta|^2                                  (RIDGE only; the constants are not penalised)
+
+with S_mv the stress (pressure tensor, bar, Voigt v = xx yy zz yz xz xy) of folders that store
+stresses; S_pred_mv = -(1/V_m) sum_i beta_e(i) . dB_i/d(strain_v), in bar.
 
 i.e. M times the loss of ``potflow/training/loss.py`` (its 1/M factor dropped). Each
 configuration gives one energy row (energy per atom, weight sqrt(w^E_m) / N_m on the total) and
-3 N_m force rows (weight sqrt(w^F_m / (3 N_m))); rows of zero weight are left out.
-``weighted_rows`` is the one place that turns a configuration into rows (a block of 6 virial
-rows per configuration, weighted by the group's ``vweight``, belongs there too).
+3 N_m force rows (weight sqrt(w^F_m / (3 N_m))) and 6 stress rows (weight sqrt(w^V_m / 6));
+rows of zero weight are left out. ``weighted_rows`` is the one place that turns a configuration
+into rows.
 
 The normal equations are never formed (they square the condition number): the triangular factor
 of the augmented matrix [A | b] is updated block by block, ``R = qr(vstack([R, block]))``, so
@@ -28,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from potflow.config.load import LINEAR_SOLVERS as SOLVERS
-from potflow.descriptors.folders import open_group, release_pages
+from potflow.data.structures import EV_PER_A3_IN_BAR
+from potflow.descriptors.folders import config_virial, has_stress, open_group, release_pages
 from potflow.errors import PotflowInputError
 
 RCOND = 1.0e-13  # singular values below RCOND * s_max are dropped (FitSNAP's SVD: lstsq, 1e-13)
@@ -50,6 +55,7 @@ class LinearCoefficients:
     residual_norm: float = 0.0  # sqrt(S) without the ridge term, at the solution
     energy_rows: int = 0
     force_rows: int = 0
+    stress_rows: int = 0
     configs: int = 0  # configurations that gave rows
 
     @property
@@ -150,15 +156,30 @@ def config_rows(arrays, m, n_elements, atom_start, with_forces=True):
     return energy.ravel(), force.reshape(3 * n, -1)
 
 
-def weighted_rows(arrays, m, n_elements, atom_start, w_energy, w_force, energy_shift=0.0):
+def stress_rows(arrays, m, n_elements):
+    """Unweighted stress rows (6, P) of configuration m (bar: S_v = row_v . x) and its stress
+    target (6,) (NaN where the configuration has none)."""
+    virial, volume, target = config_virial(arrays, m)
+    n = len(virial)
+    a0 = int(np.asarray(arrays["natoms"][:m]).sum())
+    t = np.asarray(arrays["atom_types"][a0 : a0 + n], np.int64)
+    k = virial.shape[2]
+    rows = np.zeros((6, n_elements, k + 1))
+    for e in range(n_elements):
+        rows[:, e, :k] = virial[t == e].sum(axis=0)
+    return (-EV_PER_A3_IN_BAR / volume) * rows.reshape(6, -1), target
+
+
+def weighted_rows(arrays, m, n_elements, atom_start, w_energy, w_force, energy_shift=0.0, w_virial=0.0):
     """The weighted rows (n, P) and right-hand sides (n,) of configuration m, and how many of
-    them are energy and force rows: the loss's terms as least-squares rows.
+    them are energy, force and stress rows: the loss's terms as least-squares rows.
 
     ``energy_shift`` is added to the stored energy target (eshift: sum of the atoms' shifts).
+    ``w_virial`` > 0 needs a folder with stresses (``config_virial``).
     """
     n = int(arrays["natoms"][m])
     e_row, f_rows = config_rows(arrays, m, n_elements, atom_start, w_force > 0)
-    rows, rhs, n_e, n_f = [], [], 0, 0
+    rows, rhs, n_e, n_f, n_v = [], [], 0, 0, 0
     if w_energy > 0:
         s = np.sqrt(w_energy) / n
         rows.append(s * e_row[None])
@@ -169,9 +190,15 @@ def weighted_rows(arrays, m, n_elements, atom_start, w_energy, w_force, energy_s
         rows.append(s * f_rows)
         rhs.append(s * np.asarray(arrays["force_target"][atom_start[m] : atom_start[m] + n], float).ravel())
         n_f = 3 * n
+    if w_virial > 0:
+        v_rows, target = stress_rows(arrays, m, n_elements)
+        s = np.sqrt(w_virial / 6)
+        rows.append(s * v_rows)
+        rhs.append(s * target)
+        n_v = 6
     if not rows:
-        return None, None, 0, 0
-    return np.vstack(rows), np.concatenate(rhs), n_e, n_f
+        return None, None, 0, 0, 0
+    return np.vstack(rows), np.concatenate(rhs), n_e, n_f, n_v
 
 
 def block_rows(n_params, memory_mb=None):
@@ -182,7 +209,8 @@ def block_rows(n_params, memory_mb=None):
 
 
 def fit_linear(folders, select=None, energy_weights=None, force_weights=None, solver="SVD",
-               alpha=0.0, rcond=RCOND, configs_per_block=None, memory_mb=None, eshift=None):  # fmt: skip
+               alpha=0.0, rcond=RCOND, configs_per_block=None, memory_mb=None, eshift=None,
+               virial_weights=None):  # fmt: skip
     """Exact linear SNAP fit on descriptor folders; returns ``LinearCoefficients``.
 
     ``select``, ``energy_weights``, ``force_weights``: one entry per folder (a boolean mask or
@@ -191,6 +219,8 @@ def fit_linear(folders, select=None, energy_weights=None, force_weights=None, so
     Rows are read in blocks of ``configs_per_block`` configurations, or else of about
     ``memory_mb`` MB (``block_rows``). ``eshift`` (n_elements,): per-element energy shifts added
     to the energy targets (the config's eshift section), as the network's targets have them.
+    ``virial_weights`` (like ``force_weights``, default 0): w^V_m of the stress rows, which need
+    folders that store stresses.
     """
     if solver not in SOLVERS:
         raise PotflowInputError("solver", f"unknown solver {solver!r}; linear fits know {', '.join(SOLVERS)}")
@@ -201,8 +231,9 @@ def fit_linear(folders, select=None, energy_weights=None, force_weights=None, so
         raise PotflowInputError("folders", "no descriptor folders given")
     per = lambda v: [None] * len(folders) if v is None else list(v)  # noqa: E731
     select, energy_weights, force_weights = per(select), per(energy_weights), per(force_weights)
-    elements, lsq, n_e, n_f, n_conf, n_used = None, None, 0, 0, 0, 0
-    for folder, sel, we, wf in zip(folders, select, energy_weights, force_weights, strict=True):
+    virial_weights = [0.0] * len(folders) if virial_weights is None else list(virial_weights)
+    elements, lsq, n_e, n_f, n_v, n_conf, n_used = None, None, 0, 0, 0, 0, 0
+    for folder, sel, we, wf, wv in zip(folders, select, energy_weights, force_weights, virial_weights, strict=True):
         arrays, meta = open_group(folder)
         if elements is None:
             elements, k = list(meta["elements"]), int(meta["num_descriptors"])
@@ -217,18 +248,25 @@ def fit_linear(folders, select=None, energy_weights=None, force_weights=None, so
         wf = _per_config(wf, m_total, folder, "force_weights")
         if (wf[sel] > 0).any() and not meta["settings"].get("forces", True):
             raise PotflowInputError(folder, "force_weights > 0 but the folder stores no gradients (energy-only descriptors)")
+        wv = _per_config(wv, m_total, folder, "virial_weights")
+        if (wv[sel] > 0).any():
+            if not has_stress(meta):
+                raise PotflowInputError(folder, "virial_weights > 0 but the folder stores no stresses (calculator.stress 0 or every vweight 0)")
+            lacking = sel[(wv[sel] > 0) & ~np.isfinite(np.asarray(arrays["stress_target"])[sel]).all(axis=1)]
+            if len(lacking):
+                raise PotflowInputError(folder, f"virial_weights > 0 for configuration {int(lacking[0])}, which has no stress")
         atom_start = np.concatenate([[0], np.cumsum(arrays["natoms"])])
         types = np.asarray(arrays["atom_types"])
         n_conf += len(sel)
         rows, rhs, held, in_block = [], [], 0, 0
         for m in sel:
             shift = float(shifts[types[atom_start[m] : atom_start[m + 1]]].sum())
-            a, b, e_rows, f_rows = weighted_rows(arrays, m, len(elements), atom_start, we[m], wf[m], shift)
+            a, b, e_rows, f_rows, v_rows = weighted_rows(arrays, m, len(elements), atom_start, we[m], wf[m], shift, wv[m])
             if a is not None:
                 rows.append(a)
                 rhs.append(b)
                 held += len(a)
-                n_e, n_f, n_used = n_e + e_rows, n_f + f_rows, n_used + 1
+                n_e, n_f, n_v, n_used = n_e + e_rows, n_f + f_rows, n_v + v_rows, n_used + 1
             in_block += 1
             full = held >= max_rows if configs_per_block is None else in_block >= configs_per_block
             if rows and full:
@@ -249,7 +287,7 @@ def fit_linear(folders, select=None, energy_weights=None, force_weights=None, so
     x = x.reshape(len(elements), k + 1)
     return LinearCoefficients(
         elements=elements, beta=x[:, :k].copy(), beta0=x[:, k].copy(), solver=solver, alpha=float(alpha),
-        rcond=float(rcond), rank=rank, singular_values=s, residual_norm=misfit, energy_rows=n_e, force_rows=n_f,
+        rcond=float(rcond), rank=rank, singular_values=s, residual_norm=misfit, energy_rows=n_e, force_rows=n_f, stress_rows=n_v,
         configs=n_used,
     )  # fmt: skip
 
