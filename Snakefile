@@ -44,6 +44,7 @@ include: "rules/evaluation.smk"
 include: "rules/export.smk"
 include: "rules/md.smk"
 include: "rules/sweeps.smk"
+include: "rules/properties.smk"
 
 
 rule all:
@@ -73,6 +74,13 @@ rule all:
             layout.md_file(fit, "summary")
             for fit, cfg in FITS.items()
             if cfg["md"]["enabled"]
+        ],
+        # the material properties of every exported fit beside their references
+        [
+            layout.properties_file(fit, "table")
+            for fit, cfg in FITS.items()
+            if cfg["pytorch"]["activation"] in pfconfig.LAMMPS_ACTIVATIONS
+            and property_kinds(fit)
         ],
         # several fits: the fits table and the leaderboard
         [layout.fits_table(ext) for ext in ("tsv", "yaml") if len(FITS) > 1],

@@ -95,6 +95,7 @@ STAGES = {
     "export": "potflow.lammps",
     "md": "potflow.lammps",
     "sweeps": "potflow.config.sweeps",
+    "properties": "potflow.properties",
 }
 RULE_FILES = sorted((ROOT / "rules").glob("*.smk"))
 SCRIPT = re.compile(r"^\s+script:\s*\n\s+\"([^\"]+)\"", re.MULTILINE)

@@ -18,6 +18,8 @@ pattern. ::
         committee/member{k}/                    committee member k (the training files)
         lammps/{potential}.*                    the exported potential
         md/                                     the MD validation
+        properties/                             material properties: {kind}.json, properties.tsv,
+                                                properties.html, equation_of_state.png, phonons.png
       fits.tsv, fits.yaml                       the fits of a sweep
       leaderboard/leaderboard.*                 the fits compared
       logs/                                     one log per job, under the stage of its rule:
@@ -31,6 +33,7 @@ pattern. ::
         export/{fit}/{potential}.log
         md/{fit}/validate.log, log.lammps
         sweeps/fits_table.log, leaderboard.log
+        properties/{fit}/{kind}.log, table.log
 
 An *evaluation* is one set of scored configurations: a fit's own groups (its name is the fit's,
 ``{fit}``) or a test set (``{fit}/test_sets/{test_set}``); its files lie in
@@ -42,7 +45,9 @@ import re
 RESULTS = "results"
 
 # Stages of the workflow: rules/<stage>.smk -> workflow_scripts/<stage>.py, logs/<stage>/.
-STAGES = ("data", "descriptors", "training", "committee", "evaluation", "export", "md", "sweeps")
+STAGES = (
+    "data", "descriptors", "training", "committee", "evaluation", "export", "md", "sweeps", "properties"
+)
 
 # File names users know (FitSNAP's, or potflow's since its first release).
 MODEL = "model.pt"
@@ -81,6 +86,16 @@ MD_COMMITTEE_FILES = {
     "summary": "committee.json",
     "plot": "committee_disagreement.png",
 }
+# The material properties of a fit (fits/{fit}/properties/): one result per kind of property
+# (potflow.properties.compute), then the table and figures
+PROPERTY_KINDS = ("eos", "elastic", "defects", "surfaces", "phonons")
+PROPERTIES_FILES = {
+    "table": "properties.tsv",
+    "html": "properties.html",
+    "eos_plot": "equation_of_state.png",
+    "phonon_plot": "phonons.png",
+}
+
 # The figures of an evaluation (potflow.evaluation.plots draws them, in this order), in plots/, and
 # those beside them: a fit's loss curves, a committee's uncertainty
 EVALUATION_FIGURES = ("energy_parity", "force_parity", "group_errors", "force_error_histogram")
@@ -259,6 +274,29 @@ def committee_files(fit, test_sets, md):
     if md:
         files += [md_committee_file(fit, kind) for kind in ("table", "candidates", "summary")]
     return files
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def properties_dir(fit):
+    """A fit's material properties."""
+    return f"{fit_dir(fit)}/properties"
+
+
+def property_result(fit, kind):
+    """The computed properties of one kind (PROPERTY_KINDS) for every crystal, as JSON."""
+    return f"{properties_dir(fit)}/{kind}.json"
+
+
+def properties_file(fit, kind):
+    """The properties table or a figure (kind: a key of PROPERTIES_FILES)."""
+    return f"{properties_dir(fit)}/{PROPERTIES_FILES[kind]}"
+
+
+def properties_log(fit, step):
+    """The log of one properties job of a fit (a kind of property, or "table")."""
+    return f"{log_dir('properties')}/{fit}/{step}.log"
 
 
 # ----------------------------------------------------------------------------- sweeps
