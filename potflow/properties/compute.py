@@ -6,6 +6,8 @@ Units: eV, Angstrom, GPa, J/m^2, THz. Energies of defects and surfaces are taken
 lattice constant with relaxed atoms (fixed cell).
 """
 
+import warnings
+
 import numpy as np
 from ase import Atoms
 from ase.build import surface
@@ -180,7 +182,9 @@ def phonons(relaxed, calc, supercell, mesh=(16, 16, 16), distance=0.01, path_poi
         cell=np.array(relaxed.cell),
         scaled_positions=relaxed.get_scaled_positions(),
     )
-    ph = Phonopy(unit, supercell_matrix=np.diag(supercell), primitive_matrix="auto")
+    with warnings.catch_warnings():  # phonopy 4 notes that "auto" finds the primitive cell
+        warnings.simplefilter("ignore")
+        ph = Phonopy(unit, supercell_matrix=np.diag(supercell), primitive_matrix="auto")
     ph.generate_displacements(distance=distance)
     forces = []
     for sc in ph.supercells_with_displacements:
@@ -193,19 +197,28 @@ def phonons(relaxed, calc, supercell, mesh=(16, 16, 16), distance=0.01, path_poi
     path = Atoms(prim.symbols, cell=prim.cell, scaled_positions=prim.scaled_positions, pbc=True)
     path = path.cell.bandpath(npoints=path_points)
     ph.run_qpoints(path.kpts)
-    bands = ph.get_qpoints_dict()["frequencies"]
+    bands = np.asarray(ph.qpoints.frequencies)
     x, ticks, labels = path.get_linear_kpoint_axis()
+    # a jump in the path (ASE's "GHNGPH,PN") puts two labels at one position: "H|P"
+    merged_ticks, merged_labels = [], []
+    for t, label in zip(ticks, labels, strict=True):
+        if merged_ticks and abs(t - merged_ticks[-1]) < 1e-9:
+            merged_labels[-1] += "|" + label
+        else:
+            merged_ticks.append(t)
+            merged_labels.append(label)
+    ticks, labels = merged_ticks, merged_labels
     ph.run_mesh(list(mesh))
     ph.run_total_dos()
-    dos = ph.get_total_dos_dict()
-    lowest = min(float(bands.min()), float(ph.get_mesh_dict()["frequencies"].min()))
+    dos = ph.total_dos
+    lowest = min(float(bands.min()), float(np.min(ph.mesh.frequencies)))
     data = {
         "x": x.tolist(),
         "bands": bands.tolist(),
         "ticks": list(map(float, ticks)),
         "labels": list(labels),
-        "dos_frequencies": dos["frequency_points"].tolist(),
-        "dos": dos["total_dos"].tolist(),
+        "dos_frequencies": np.asarray(dos.frequency_points).tolist(),
+        "dos": np.asarray(dos.dos).tolist(),
         "lowest_frequency": lowest,
     }
     return data

@@ -51,7 +51,7 @@ def phonon_figure(data, ref_data, title, ref_name, imaginary_tolerance=0.1):
             ax.plot([], [], ls, color=colour, label=label)
             dos_ax.plot(d["dos"], d["dos_frequencies"], ls, color=colour, lw=1)
         d = data[name]
-        ax.set_xticks(d["ticks"], [r"$\Gamma$" if t == "G" else t for t in d["labels"]])
+        ax.set_xticks(d["ticks"], [t.replace("G", r"$\Gamma$") for t in d["labels"]])
         ax.set_xlim(d["x"][0], d["x"][-1])
         ax.axhline(0, color="grey", lw=0.5)
         for t in d["ticks"]:
