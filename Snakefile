@@ -43,8 +43,8 @@ include: "rules/committee.smk"
 include: "rules/evaluation.smk"
 include: "rules/export.smk"
 include: "rules/md.smk"
-include: "rules/sweeps.smk"
 include: "rules/properties.smk"
+include: "rules/sweeps.smk"
 
 
 rule all:
@@ -78,9 +78,8 @@ rule all:
         # the material properties of every exported fit beside their references
         [
             layout.properties_file(fit, "table")
-            for fit, cfg in FITS.items()
-            if cfg["pytorch"]["activation"] in pfconfig.LAMMPS_ACTIVATIONS
-            and property_kinds(fit)
+            for fit in FITS
+            if fit_property_kinds(fit)
         ],
         # several fits: the fits table and the leaderboard
         [layout.fits_table(ext) for ext in ("tsv", "yaml") if len(FITS) > 1],

@@ -3,11 +3,13 @@
 # elastic, defects, surfaces, phonons), then the table and figures beside the references.
 
 
-# The kinds of property a fit's crystals ask for (none: the fit has no properties stage).
-property_kinds = lambda fit: [
+# The kinds of property a fit's crystals ask for (none: no properties stage for this fit, or
+# an activation LAMMPS cannot run, so no exported potential).
+fit_property_kinds = lambda fit: [
     kind
     for kind in layout.PROPERTY_KINDS
     if FITS[fit]["properties"]["enabled"]
+    and FITS[fit]["pytorch"]["activation"] in pfconfig.LAMMPS_ACTIVATIONS
     and any(kind in c["compute"] for c in FITS[fit]["properties"]["crystals"].values())
 ]
 # The training groups whose equation of state is compared (properties.eos_groups).
@@ -49,7 +51,7 @@ rule properties_table:
     """The properties beside their references (tsv, html), the equation-of-state and phonon
     figures; a missed tolerance fails the job only with properties.fail_on_tolerance."""
     input:
-        lambda w: [layout.property_result(w.fit, k) for k in property_kinds(w.fit)],
+        lambda w: [layout.property_result(w.fit, k) for k in fit_property_kinds(w.fit)],
     output:
         table=layout.properties_file("{fit}", "table"),
         html=report(

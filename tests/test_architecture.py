@@ -94,8 +94,8 @@ STAGES = {
     "evaluation": "potflow.evaluation",
     "export": "potflow.lammps",
     "md": "potflow.lammps",
-    "sweeps": "potflow.config.sweeps",
     "properties": "potflow.properties",
+    "sweeps": "potflow.config.sweeps",
 }
 RULE_FILES = sorted((ROOT / "rules").glob("*.smk"))
 SCRIPT = re.compile(r"^\s+script:\s*\n\s+\"([^\"]+)\"", re.MULTILINE)

@@ -208,7 +208,7 @@ def phonons(relaxed, calc, supercell, mesh=(16, 16, 16), distance=0.01, path_poi
             merged_ticks.append(t)
             merged_labels.append(label)
     ticks, labels = merged_ticks, merged_labels
-    ph.run_mesh(list(mesh))
+    ph.run_mesh(list(mesh), is_gamma_center=True)
     ph.run_total_dos()
     dos = ph.total_dos
     lowest = min(float(bands.min()), float(np.min(ph.mesh.frequencies)))

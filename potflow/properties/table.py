@@ -43,6 +43,7 @@ def _line(crystal, r, reference=math.nan, source="", tolerance=math.nan):
     line = dict.fromkeys(COLUMNS, "")
     line.update(crystal=crystal, property=r["property"], unit=r["unit"], model=value)
     line.update(reference=reference, reference_source=source, tolerance=tolerance)
+    line.update(absolute_error=math.nan, relative_error=math.nan)
     if np.isfinite(reference):
         line["absolute_error"] = value - reference
         line["relative_error"] = (value - reference) / abs(reference) if reference else math.nan

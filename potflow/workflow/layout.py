@@ -46,7 +46,7 @@ RESULTS = "results"
 
 # Stages of the workflow: rules/<stage>.smk -> workflow_scripts/<stage>.py, logs/<stage>/.
 STAGES = (
-    "data", "descriptors", "training", "committee", "evaluation", "export", "md", "sweeps", "properties"
+    "data", "descriptors", "training", "committee", "evaluation", "export", "md", "properties", "sweeps"
 )
 
 # File names users know (FitSNAP's, or potflow's since its first release).
@@ -312,9 +312,10 @@ def leaderboard(ext, results=RESULTS):
     return f"{results}/leaderboard/leaderboard.{ext}"
 
 
-def leaderboard_sources(fit, metrics_file, members, md):
+def leaderboard_sources(fit, metrics_file, members, md, properties=False):
     """The files a fit's leaderboard row is read from (None where the fit has no such file);
-    ``members``: its committee members 1..N-1, ``md``: whether it runs the MD validation."""
+    ``members``: its committee members 1..N-1, ``md``: whether it runs the MD validation,
+    ``properties``: whether it computes material properties."""
     return {
         "metrics": metrics(evaluation(fit), metrics_file),
         "model": model(fit),
@@ -323,6 +324,7 @@ def leaderboard_sources(fit, metrics_file, members, md):
         "benchmarks": [training_benchmark(fit, k) for k in [None, *members]],
         "md_summary": md_file(fit, "summary") if md else None,
         "md_committee": md_committee_file(fit, "summary") if md and members else None,
+        "properties": properties_file(fit, "table") if properties else None,
     }
 
 
