@@ -114,7 +114,7 @@ def _member_calculators(cfg, member_models, workdir):
     for k, path in enumerate(member_models, start=1):
         out = Path(workdir) / f"member{k}"
         out.mkdir(parents=True)
-        export_model(load_model(path), cfg, out, "member", model_file=path, check=False)
+        export_model(load_model(path)[0], cfg, out, "member", model_file=path, check=False)
         calcs.append(ase_calculator(out))
     return calcs
 
