@@ -32,8 +32,8 @@ pattern. ::
                                 configs.log, plots.log, loss_curves.log
         export/{fit}/{potential}.log
         md/{fit}/validate.log, log.lammps
-        sweeps/fits_table.log, leaderboard.log
         properties/{fit}/{kind}.log, table.log
+        sweeps/fits_table.log, leaderboard.log
 
 An *evaluation* is one set of scored configurations: a fit's own groups (its name is the fit's,
 ``{fit}``) or a test set (``{fit}/test_sets/{test_set}``); its files lie in
