@@ -31,11 +31,11 @@ ISSUE_ROWS = [
 ]
 
 
-def issue_table(tsv, crystal):
+def issue_table(tsv, crystal, reference):
     """Markdown rows: property, fit, reference potential, relative error (the issue's table)."""
     table = pd.read_csv(tsv, sep="\t", keep_default_na=False, na_values=[""])
-    ref = table[(table["crystal"] == crystal) & ~table["reference_source"].astype(str).str.startswith(("equation", "training"))]
-    lines = ["| property | fit | reference | error |", "|---|---|---|---|"]
+    ref = table[(table["crystal"] == crystal) & (table["reference_source"] == reference)]
+    lines = [f"| property | fit | {reference} | error |", "|---|---|---|---|"]
     for prop, label, unit in ISSUE_ROWS:
         r = ref[ref["property"] == prop]
         if len(r):
@@ -71,7 +71,8 @@ def main():
     print(f"properties stage: {wall:.1f} s wall with --cores {args.cores} (load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"commit {commit}; fit {args.fit}, crystal {crystal}\n")
-    print(issue_table(work / table, crystal))
+    reference = (cfg["properties"].get("reference_potential") or {}).get("name", "reference potential")
+    print(issue_table(work / table, crystal, reference))
     print()
     print((work / table).read_text())
 

@@ -191,3 +191,18 @@ def test_table_sets_references_tolerances_and_fails_only_when_asked(tmp_path):
     cfg["properties"]["fail_on_tolerance"] = True
     with pytest.raises(PotflowInputError, match="miss their tolerance"):
         write_table(cfg, "f", [tmp_path / "elastic.json"], outputs)
+
+
+def test_leaderboard_reads_the_property_errors(tmp_path):
+    """The leaderboard's property columns: each property's relative error (percent) against its
+    first reference, and the count of missed tolerances."""
+    from potflow.evaluation.leaderboard import property_errors
+
+    cfg = props_config(reference={"C44": {"value": 70.0, "source": "DFT"}})
+    model = {"Ta_bcc": [compute.row("C44", "GPa", 55.0), compute.row("C11", "GPa", 260.0)]}
+    ref = {"Ta_bcc": [compute.row("C44", "GPa", 73.5), compute.row("C11", "GPa", 270.0)]}
+    property_rows(model, cfg, ref).to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    got = property_errors(tmp_path / "p.tsv")
+    assert got["C44[Ta_bcc]_err_pct"] == pytest.approx(100 * -15 / 70)  # the config's value first
+    assert got["C11[Ta_bcc]_err_pct"] == pytest.approx(100 * -10 / 270)
+    assert got["properties_missed"] == 2  # C44 against DFT (-21 %) and Ta06A (-25 %); C11 passes
