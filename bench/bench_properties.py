@@ -1,6 +1,8 @@
 """Benchmark: the material properties of the bundled example's fit against Ta06A (issue 15).
 
     python bench/bench_properties.py [--work /tmp/properties_bench] [--cores 2] [--configfile config.yaml]
+    python bench/bench_properties.py --work /tmp/properties_ta_dft \
+        --fitsnap-input ../shared/fitsnap/Ta_PyTorch_NN.in --eos-groups Volume_BCC Volume_FCC Volume_A15
 
 Runs the workflow on the config (default: the bundled config.yaml, dataPath made absolute) in
 --work (outside the repository) up to the exported fit, then times the properties stage alone
@@ -8,9 +10,13 @@ Runs the workflow on the config (default: the bundled config.yaml, dataPath made
 issue's table (lattice constant, C11, C12, C44, bulk modulus, vacancy formation energy: fit,
 reference potential, error) and then the whole properties.tsv. Rerun it after a change of the
 training (accuracy, stresses) to get the "after" figures with the same command.
+With --fitsnap-input, the fit is that FitSNAP input (potflow from-fitsnap; dataPath made
+--data) with config.yaml's properties section, its eos_groups
+replaced by --eos-groups (e.g. the Ta DFT set's volume scans).
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -52,12 +58,25 @@ def main():
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--configfile", default=str(REPO / "config.yaml"))
     p.add_argument("--fit", default="default")
+    p.add_argument("--fitsnap-input", help="a FitSNAP input file: the fit (properties from --configfile)")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "Ta_JSON"), help="dataPath of --fitsnap-input")
+    p.add_argument("--eos-groups", nargs="*", help="replace properties.eos_groups")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     cfg = yaml.safe_load(Path(args.configfile).read_text())
     data = Path(cfg["path"]["dataPath"])
     cfg["path"]["dataPath"] = str(data if data.is_absolute() else (REPO / data).resolve())
+    if args.fitsnap_input:
+        from potflow.config.fitsnap import read_fitsnap_input
+
+        properties = cfg["properties"]
+        cfg = json.loads(json.dumps(read_fitsnap_input(args.fitsnap_input).config))
+        cfg["path"]["dataPath"] = str(Path(args.data).resolve())
+        cfg["properties"] = properties
+        cfg.setdefault("md", {})["enabled"] = False
+    if args.eos_groups is not None:
+        cfg["properties"]["eos_groups"] = args.eos_groups
     (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     from potflow.workflow import layout
 

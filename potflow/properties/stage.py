@@ -80,12 +80,23 @@ def eos_group(path, calc):
         volumes.append(atoms.get_volume() / n)
         dft.append(c["energy"] / n)
         model.append(atoms.get_potential_energy() / n)
-    rmse = float(np.sqrt(np.mean((np.array(model) - dft) ** 2)))
-    rows = [(compute.row("eos_energy_rmse", "eV/atom", rmse), 0.0)]
+    error = np.array(model) - np.array(dft)
+    rows = [(compute.row("eos_energy_rmse", "eV/atom", float(np.sqrt(np.mean(error**2)))), 0.0)]
+    # near the minimum (volumes within 20 % of the data's lowest-energy one; the scans are
+    # sparse): what the equilibrium properties depend on, without the far compressed points
+    # that dominate the scan
+    near = np.abs(np.array(volumes) / volumes[int(np.argmin(dft))] - 1) <= 0.2
+    rmse_near = float(np.sqrt(np.mean(error[near] ** 2)))
+    rows.append((compute.row("eos_energy_rmse_near_minimum", "eV/atom", rmse_near), 0.0))
     fits = {}
+    # the equations of state are fitted near the minimum too (a scan far into compression is
+    # no Birch-Murnaghan curve); with fewer than 5 volumes there, no fitted values
+    v_near = np.array(volumes)[near]
     for label, energies in (("model", model), ("dft", dft)):
+        if near.sum() < 5:
+            break
         try:
-            eos = EquationOfState(volumes, energies, eos="birchmurnaghan")
+            eos = EquationOfState(v_near, np.array(energies)[near], eos="birchmurnaghan")
             v0, e0, bulk = eos.fit()
             fits[label] = {"volume_per_atom": v0, "bulk_modulus": bulk / GPa}
         except Exception:  # no minimum inside the scan: no fitted values
