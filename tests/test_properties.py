@@ -206,3 +206,18 @@ def test_leaderboard_reads_the_property_errors(tmp_path):
     assert got["C44[Ta_bcc]_err_pct"] == pytest.approx(100 * -15 / 70)  # the config's value first
     assert got["C11[Ta_bcc]_err_pct"] == pytest.approx(100 * -10 / 270)
     assert got["properties_missed"] == 2  # C44 against DFT (-21 %) and Ta06A (-25 %); C11 passes
+
+
+def test_one_calculator_serves_cells_of_every_size():
+    """ASE's LAMMPSlib keeps one LAMMPS alive: a calculator reused across cells of different
+    sizes, shapes and atom counts (as the stage reuses it) gives what a fresh one gives."""
+    shared = pair_calculator(*TA06A, ["Ta"])
+    cells = [bulk("Ta", "bcc", a=3.3, cubic=True).repeat(2), bulk("Ta", "fcc", a=4.2),
+             bulk("Ta", "bcc", a=3.2).repeat((2, 1, 3)), bulk("Ta", "hcp", a=2.9, c=4.7)]  # fmt: skip
+    cells[0].rattle(0.05, seed=2)
+    for cell in cells:
+        a, b = cell.copy(), cell.copy()
+        a.calc, b.calc = shared, pair_calculator(*TA06A, ["Ta"])
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
+        assert np.abs(a.get_forces() - b.get_forces()).max() < 1e-10
+        assert np.abs(a.get_stress() - b.get_stress()).max() < 1e-12

@@ -16,6 +16,8 @@ def eos_figure(curves, ref_curves, groups, title, ref_name):
     ]
     fig = Figure(figsize=(4.5 * max(len(panels), 1), 3.8), layout="constrained")
     axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    if not panels:
+        axes[0].text(0.5, 0.5, "no equation of state computed (properties.crystals.*.compute)", ha="center")
     for ax, (name, curve, ref) in zip(axes, panels, strict=False):
         if "dft_energies" in curve:  # a training EOS group
             ax.plot(curve["volumes"], curve["dft_energies"], "o", color="k", label="DFT (training data)")
@@ -61,5 +63,7 @@ def phonon_figure(data, ref_data, title, ref_name, imaginary_tolerance=0.1):
         ax.set_ylabel("frequency (THz)")
         ax.legend(fontsize=8)
         dos_ax.set_xlabel("DOS")
+    if not crystals:
+        grid[0][0].text(0.5, 0.5, "no phonons computed (properties.crystals.*.compute)", ha="center")
     fig.suptitle(title)
     return fig
