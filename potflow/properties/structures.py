@@ -2,7 +2,6 @@
 
 import ase.io
 from ase.build import bulk
-from ase.data import atomic_numbers
 
 from potflow.errors import PotflowInputError
 
@@ -52,7 +51,3 @@ def is_cubic(atoms, tol=1e-6):
     return all(abs(x - cell[0]) < tol * cell[0] for x in cell[:3]) and all(
         abs(x - 90) < 1e-6 for x in cell[3:]
     )
-
-
-def known_element(symbol):
-    return symbol in atomic_numbers
