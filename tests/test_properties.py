@@ -221,3 +221,22 @@ def test_one_calculator_serves_cells_of_every_size():
         assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
         assert np.abs(a.get_forces() - b.get_forces()).max() < 1e-10
         assert np.abs(a.get_stress() - b.get_stress()).max() < 1e-12
+
+
+def test_hexagonal_crystal_relaxes_its_shape_and_the_bulk_moduli_agree():
+    """hcp Mg (Mg_mm.eam.fs in the wheel: Mendelev et al., Philos. Mag. 89, 3269 (2009)): the
+    cell relaxes a and c (zero stress), the 6x6 matrix has hexagonal symmetry (C11 = C22,
+    C13 = C23, C44 = C55, C66 = (C11 - C12)/2), and the equation of state of the shape-relaxed
+    cell gives the Reuss bulk modulus 1/sum(S_ij, i,j<=3) of that matrix (two routes). Catches
+    a non-cubic cell kept at its guessed shape, or a wrong normal-strain column."""
+    calc = pair_calculator("eam/fs", ["* * Mg_mm.eam.fs Mg"], ["Mg"])
+    rows, _, relaxed = compute.equation_of_state(bulk("Mg", "hcp", a=3.3, c=5.0), calc, strain=0.01)
+    got = {r["property"]: r["value"] for r in rows}
+    assert np.abs(relaxed.get_stress()).max() < 1e-5
+    assert 1.60 < got["lattice_constant_c"] / got["lattice_constant_a"] < 1.66  # not the guess 1.515
+    _, C = compute.elastic_constants(relaxed, calc, delta=0.005)
+    assert C[0, 0] == pytest.approx(C[1, 1], rel=1e-3) and C[0, 2] == pytest.approx(C[1, 2], rel=1e-3)
+    assert C[3, 3] == pytest.approx(C[4, 4], rel=1e-3)
+    assert C[5, 5] == pytest.approx((C[0, 0] - C[0, 1]) / 2, rel=1e-2)
+    reuss = 1 / np.linalg.inv(C)[:3, :3].sum()
+    assert got["bulk_modulus"] == pytest.approx(reuss, rel=0.005)

@@ -12,7 +12,7 @@ import numpy as np
 from ase import Atoms
 from ase.build import surface
 from ase.eos import EquationOfState
-from ase.filters import FrechetCellFilter
+from ase.filters import UnitCellFilter
 from ase.optimize import BFGS
 from ase.units import GPa, J, m
 
@@ -33,7 +33,7 @@ def relax(atoms, calc, fmax=1e-4, cell=False, steps=500):
     atoms.calc = calc
     target = atoms
     if cell:
-        target = FrechetCellFilter(atoms, hydrostatic_strain=is_cubic(atoms))
+        target = UnitCellFilter(atoms, hydrostatic_strain=is_cubic(atoms))
     BFGS(target, logfile=None).run(fmax=fmax, steps=steps)
     return atoms
 
@@ -65,7 +65,7 @@ def equation_of_state(atoms, calc, strain=0.04, points=9):
         scaled.set_cell(relaxed.cell * (1 + s) ** (1 / 3), scale_atoms=True)
         if not cubic:
             scaled.calc = calc
-            BFGS(FrechetCellFilter(scaled, constant_volume=True), logfile=None).run(fmax=1e-3, steps=300)
+            BFGS(UnitCellFilter(scaled, constant_volume=True), logfile=None).run(fmax=1e-3, steps=300)
         volumes.append(scaled.get_volume() / len(scaled))
         energies.append(energy_per_atom(scaled, calc))
     eos = EquationOfState(volumes, energies, eos="birchmurnaghan")
