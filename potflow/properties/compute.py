@@ -34,7 +34,8 @@ def relax(atoms, calc, fmax=1e-4, cell=False, steps=500):
     target = atoms
     if cell:
         target = UnitCellFilter(atoms, hydrostatic_strain=is_cubic(atoms))
-    BFGS(target, logfile=None).run(fmax=fmax, steps=steps)
+    if not BFGS(target, logfile=None).run(fmax=fmax, steps=steps):
+        print(f"warning: relaxation of {atoms.get_chemical_formula()} not converged to {fmax} eV/A in {steps} steps")
     return atoms
 
 
