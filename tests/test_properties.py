@@ -240,3 +240,12 @@ def test_hexagonal_crystal_relaxes_its_shape_and_the_bulk_moduli_agree():
     assert C[5, 5] == pytest.approx((C[0, 0] - C[0, 1]) / 2, rel=1e-2)
     reuss = 1 / np.linalg.inv(C)[:3, :3].sum()
     assert got["bulk_modulus"] == pytest.approx(reuss, rel=0.005)
+
+
+def test_committee_spread_of_each_property():
+    """committee_std: the standard deviation of a property over the fit and its members."""
+    cfg = props_config()
+    model = {"Ta_bcc": [compute.row("C44", "GPa", 60.0)]}
+    members = [{"Ta_bcc": [compute.row("C44", "GPa", v)]} for v in (64.0, 68.0)]
+    table = property_rows(model, cfg, members=members)
+    assert table["committee_std"].iloc[0] == pytest.approx(np.std([60.0, 64.0, 68.0], ddof=1))
