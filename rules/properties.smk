@@ -24,6 +24,14 @@ wildcard_constraints:
     kind="|".join(layout.PROPERTY_KINDS),
 
 
+# A bad crystal (element, lattice, structure file) stops the workflow before anything runs.
+from potflow.properties.structures import check_crystals
+
+for _fit in FITS:
+    if fit_property_kinds(_fit):
+        check_crystals(FITS[_fit])
+
+
 rule property_kind:
     """One kind of property of every crystal: the exported fit, the reference potential and the
     committee members, each run in LAMMPS through ASE."""

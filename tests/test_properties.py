@@ -249,3 +249,22 @@ def test_committee_spread_of_each_property():
     members = [{"Ta_bcc": [compute.row("C44", "GPa", v)]} for v in (64.0, 68.0)]
     table = property_rows(model, cfg, members=members)
     assert table["committee_std"].iloc[0] == pytest.approx(np.std([60.0, 64.0, 68.0], ddof=1))
+
+
+def test_a_bad_crystal_stops_the_workflow_before_it_runs(tmp_path, repo_root):
+    """The workflow builds every crystal when it reads the config: a lattice ASE cannot build
+    ends the dry run, naming the field, before any training."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = yaml.safe_load((repo_root / "config.yaml").read_text())
+    cfg["path"]["dataPath"] = str(repo_root / "data" / "Ta_example")
+    cfg["properties"]["crystals"]["Ta_bcc"]["lattice"] = "not_a_lattice"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo_root / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "-n"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "field 'properties.crystals.Ta_bcc.lattice': ASE cannot build" in run.stdout + run.stderr

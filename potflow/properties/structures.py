@@ -51,3 +51,12 @@ def is_cubic(atoms, tol=1e-6):
     return all(abs(x - cell[0]) < tol * cell[0] for x in cell[:3]) and all(
         abs(x - 90) < 1e-6 for x in cell[3:]
     )
+
+
+def check_crystals(cfg):
+    """Build every crystal of ``properties.crystals`` once, so that a bad entry (an element the
+    fit does not know, a lattice ASE cannot build, an unreadable file) stops the workflow before
+    anything runs, with one line naming the field."""
+    elements = list(cfg["bispectrum"]["type"])
+    for name, spec in cfg["properties"]["crystals"].items():
+        crystal(spec, elements, f"properties.crystals.{name}")
