@@ -24,10 +24,11 @@ wildcard_constraints:
     kind="|".join(layout.PROPERTY_KINDS),
 
 
-# A bad crystal (element, lattice, structure file) stops the workflow before anything runs.
+# A bad crystal (element, lattice, structure file) stops the workflow before anything runs;
+# where Snakemake's own environment has no ASE (--use-conda), the jobs check instead.
 try:
     from potflow.properties.structures import check_crystals
-except ImportError:  # Snakemake's own environment without ASE (--use-conda): the jobs check
+except ImportError:
     check_crystals = lambda cfg: None
 
 for _fit in FITS:
