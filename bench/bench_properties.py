@@ -9,7 +9,8 @@ Runs the workflow on the config (default: the bundled config.yaml, dataPath made
 (its outputs removed first: the jobs of every kind of property and the table) and prints the
 issue's table (lattice constant, C11, C12, C44, bulk modulus, vacancy formation energy: fit,
 reference potential, error) and then the whole properties.tsv. Rerun it after a change of the
-training (accuracy, stresses) to get the "after" figures with the same command.
+training (accuracy, stresses) to get the "after" figures with the same command, in a fresh
+--work folder (a fit finished there is reused: Snakemake does not see changes of potflow/).
 With --fitsnap-input, the fit is that FitSNAP input (potflow from-fitsnap; dataPath made
 --data) with config.yaml's properties section, its eos_groups
 replaced by --eos-groups (e.g. the Ta DFT set's volume scans).
