@@ -136,5 +136,10 @@ def html(table, title):
         bad = row["pass"] is False or row["pass"] is np.False_
         return ["background-color: #f8d0d0" if bad else ""] * len(row)
 
-    body = table.style.apply(colour, axis=1).format(precision=4, na_rep="").hide(axis="index").to_html()
-    return f"<html><head><meta charset='utf-8'><title>{title}</title></head><body><h2>{title}</h2>{body}</body></html>\n"
+    styled = table.style.set_uuid("properties")  # the same HTML for the same table
+    body = styled.apply(colour, axis=1).format(precision=4, na_rep="").hide(axis="index").to_html()
+    style = "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}th,td{padding:2px 8px;border-bottom:1px solid #ddd}"
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
+        f"<body><h3>{title}</h3>{body}</body></html>\n"
+    )
