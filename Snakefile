@@ -45,6 +45,7 @@ include: "rules/committee.smk"
 include: "rules/evaluation.smk"
 include: "rules/export.smk"
 include: "rules/md.smk"
+include: "rules/properties.smk"
 include: "rules/sweeps.smk"
 
 
@@ -81,6 +82,12 @@ rule all:
             layout.md_file(fit, "summary")
             for fit, cfg in FITS.items()
             if cfg["md"]["enabled"]
+        ],
+        # the material properties of every exported fit beside their references
+        [
+            layout.properties_file(fit, "table")
+            for fit in FITS
+            if fit_property_kinds(fit)
         ],
         # several fits: the fits table and the leaderboard
         [layout.fits_table(ext) for ext in ("tsv", "yaml") if len(FITS) > 1],

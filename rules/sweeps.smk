@@ -6,7 +6,11 @@
 # fit -> the files its leaderboard row is read from
 LEADERBOARD_SOURCES = {
     fit: layout.leaderboard_sources(
-        fit, METRICS, committee_members(fit), cfg["md"]["enabled"]
+        fit,
+        METRICS,
+        committee_members(fit),
+        cfg["md"]["enabled"],
+        bool(fit_property_kinds(fit)),
     )
     for fit, cfg in FITS.items()
 }
@@ -20,6 +24,7 @@ LEADERBOARD_INPUTS = sorted(
             src["model"],
             src["md_summary"],
             src["md_committee"],
+            src["properties"],
             *src["members"],
         ]
         if path

@@ -94,6 +94,7 @@ STAGES = {
     "evaluation": "potflow.evaluation",
     "export": "potflow.lammps",
     "md": "potflow.lammps",
+    "properties": "potflow.properties",
     "sweeps": "potflow.config.sweeps",
 }
 RULE_FILES = sorted((ROOT / "rules").glob("*.smk"))

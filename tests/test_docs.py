@@ -74,6 +74,7 @@ CHECKS = {
     "snakemake --cores 2 --configfile configs/WBe.yaml": ["dry"],
     "snakemake --cores 2 --configfile configs/sweep_example.yaml": ["dry"],
     "snakemake --cores 2 results/leaderboard/leaderboard.tsv": ["dry"],
+    "snakemake --cores 2 results/fits/default/properties/properties.tsv": ["dry"],
     "snakemake --cores 2 --config fitsnap_input=Ta-example.in": ["dry"],
     "potflow from-fitsnap Ta-example.in -o my_config.yaml": ["copy"],
     "snakemake --cores 2 --configfile my_config.yaml": ["dry"],

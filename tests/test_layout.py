@@ -88,6 +88,7 @@ def test_every_log_lies_in_the_tree_of_its_stage():
         "export": [layout.export_log("f", "p")],
         "md": [layout.md_log("f"), layout.lammps_log("f")],
         "sweeps": [layout.sweeps_log("leaderboard")],
+        "properties": [layout.properties_log("f", "eos"), layout.properties_log("f", "table")],
     }  # fmt: skip
     assert set(logs) == set(layout.STAGES)
     for stage, paths in logs.items():

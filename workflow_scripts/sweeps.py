@@ -35,6 +35,7 @@ def leaderboard():
             src["md_committee"],
             settings=sm.params.settings[fit],
             committee=sm.params.committee[fit],
+            properties=src["properties"],
         )
         for fit, src in sm.params.sources.items()
     ]

@@ -8,6 +8,9 @@ Columns (``leaderboard.tsv``; ``leaderboard.md`` shows the overall ones and per-
   train_wall_s committee_wall_s               Snakemake benchmark of the training job(s), seconds
   md_drift                                    eV/atom/ps (md/summary.json; empty without MD)
   md_max_force_std md_candidates              committee disagreement along the MD run
+  <property>[<crystal>]_err_pct properties_missed  relative error of each material property
+                                              against its first reference (properties.tsv),
+                                              percent; tolerances missed
   <group>:{test,train}_{energy,force}_{mae,rmse}   the same errors per group
 
 Rows are sorted by ``leaderboard.sort_by``, smallest first (``md_drift`` by its size); a fit
@@ -57,8 +60,23 @@ def benchmark_seconds(path):
     return float(pd.read_csv(path, sep="\t")["s"].iloc[0])
 
 
-def fit_row(fit, metrics, model, benchmarks=(), md_summary=None, md_committee=None, settings=None, committee=1):
-    """One leaderboard row from a fit's files (paths; md_* may be None)."""
+def property_errors(path):
+    """Relative errors (percent) of a fit's material properties (properties.tsv), one column
+    per crystal and property (its first reference), and the count of missed tolerances."""
+    table = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+    out = {}
+    for _, r in table.iterrows():
+        column = f"{r['property']}[{r['crystal']}]_err_pct"
+        error = pd.to_numeric(r["relative_error"], errors="coerce")
+        if column not in out and np.isfinite(error):
+            out[column] = 100 * float(error)
+    out["properties_missed"] = int((table["pass"].astype(str) == "False").sum())
+    return out
+
+
+def fit_row(fit, metrics, model, benchmarks=(), md_summary=None, md_committee=None, settings=None, committee=1,
+            properties=None):  # fmt: skip
+    """One leaderboard row from a fit's files (paths; md_* and properties may be None)."""
     table = read_metrics(metrics)
     net, info = load_model(model)
     # a fit trained outside Snakemake has no benchmark: no time, rather than a wrong one
@@ -80,6 +98,8 @@ def fit_row(fit, metrics, model, benchmarks=(), md_summary=None, md_committee=No
         md_max_force_std=mdc.get("max_force_std", math.nan),
         md_candidates=mdc.get("candidates", math.nan),
     )
+    if properties:
+        row.update(property_errors(properties))
     for group in table["Group"].unique():
         if group != "*ALL":
             row.update({f"{group}:{k}": v for k, v in _errors(table, group).items()})

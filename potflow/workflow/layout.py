@@ -19,6 +19,8 @@ pattern. ::
         lammps/{potential}.*                    the exported potential (a linear fit also as .snapcoeff,
                                                 .snapparam, .snap.mod: Linear fits)
         md/                                     the MD validation
+        properties/                             material properties: {kind}.json, properties.tsv,
+                                                properties.html, equation_of_state.png, phonons.png
       fits.tsv, fits.yaml                       the fits of a sweep
       leaderboard/leaderboard.*                 the fits compared
       logs/                                     one log per job, under the stage of its rule:
@@ -31,6 +33,7 @@ pattern. ::
                                 configs.log, plots.log, loss_curves.log
         export/{fit}/{potential}.log
         md/{fit}/validate.log, log.lammps
+        properties/{fit}/{kind}.log, table.log
         sweeps/fits_table.log, leaderboard.log
 
 An *evaluation* is one set of scored configurations: a fit's own groups (its name is the fit's,
@@ -43,7 +46,9 @@ import re
 RESULTS = "results"
 
 # Stages of the workflow: rules/<stage>.smk -> workflow_scripts/<stage>.py, logs/<stage>/.
-STAGES = ("data", "descriptors", "training", "committee", "evaluation", "export", "md", "sweeps")
+STAGES = (
+    "data", "descriptors", "training", "committee", "evaluation", "export", "md", "properties", "sweeps"
+)
 
 # File names users know (FitSNAP's, or potflow's since its first release).
 MODEL = "model.pt"
@@ -90,6 +95,16 @@ MD_COMMITTEE_FILES = {
     "summary": "committee.json",
     "plot": "committee_disagreement.png",
 }
+# The material properties of a fit (fits/{fit}/properties/): one result per kind of property
+# (potflow.properties.compute), then the table and figures
+PROPERTY_KINDS = ("eos", "elastic", "defects", "surfaces", "phonons")
+PROPERTIES_FILES = {
+    "table": "properties.tsv",
+    "html": "properties.html",
+    "eos_plot": "equation_of_state.png",
+    "phonon_plot": "phonons.png",
+}
+
 # The figures of an evaluation (potflow.evaluation.plots draws them, in this order), in plots/, and
 # those beside them: a fit's loss curves, a committee's uncertainty
 EVALUATION_FIGURES = ("energy_parity", "force_parity", "group_errors", "force_error_histogram", "stress_parity")
@@ -275,6 +290,29 @@ def committee_files(fit, test_sets, md):
     return files
 
 
+# ----------------------------------------------------------------------------- properties
+
+
+def properties_dir(fit):
+    """A fit's material properties."""
+    return f"{fit_dir(fit)}/properties"
+
+
+def property_result(fit, kind):
+    """The computed properties of one kind (PROPERTY_KINDS) for every crystal, as JSON."""
+    return f"{properties_dir(fit)}/{kind}.json"
+
+
+def properties_file(fit, kind):
+    """The properties table or a figure (kind: a key of PROPERTIES_FILES)."""
+    return f"{properties_dir(fit)}/{PROPERTIES_FILES[kind]}"
+
+
+def properties_log(fit, step):
+    """The log of one properties job of a fit (a kind of property, or "table")."""
+    return f"{log_dir('properties')}/{fit}/{step}.log"
+
+
 # ----------------------------------------------------------------------------- sweeps
 
 
@@ -288,9 +326,10 @@ def leaderboard(ext, results=RESULTS):
     return f"{results}/leaderboard/leaderboard.{ext}"
 
 
-def leaderboard_sources(fit, metrics_file, members, md):
+def leaderboard_sources(fit, metrics_file, members, md, properties=False):
     """The files a fit's leaderboard row is read from (None where the fit has no such file);
-    ``members``: its committee members 1..N-1, ``md``: whether it runs the MD validation."""
+    ``members``: its committee members 1..N-1, ``md``: whether it runs the MD validation,
+    ``properties``: whether it computes material properties."""
     return {
         "metrics": metrics(evaluation(fit), metrics_file),
         "model": model(fit),
@@ -299,6 +338,7 @@ def leaderboard_sources(fit, metrics_file, members, md):
         "benchmarks": [training_benchmark(fit, k) for k in [None, *members]],
         "md_summary": md_file(fit, "summary") if md else None,
         "md_committee": md_committee_file(fit, "summary") if md and members else None,
+        "properties": properties_file(fit, "table") if properties else None,
     }
 
 

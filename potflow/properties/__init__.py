@@ -1,0 +1,1 @@
+"""Material properties of a fitted potential, computed through ASE and phonopy in LAMMPS."""
