@@ -9,7 +9,7 @@ import torch
 from potflow.config.load import prepare_config
 from potflow.data.structures import import_group
 from potflow.descriptors.compute import compute_group_descriptors
-from potflow.training.loop import TrainPaths
+from potflow.training.loop import TrainPaths, train
 
 
 def synthetic_xyz(path, n_configs, elements, seed, repeat=2, stress=False):
@@ -89,3 +89,19 @@ def state(path):
 def same_weights(a, b):
     sa, sb = a["model"]["state_dict"], b["model"]["state_dict"]
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def assert_streamed_fit_equals_in_memory(cfg, folders, root):
+    """Train one fit in memory and streamed from the files with a budget of 0.05 MB (far below
+    one configuration's rows, so each batch is read from the files alone): the same losses and
+    weights."""
+    fits = {}
+    for name, budget in (("m", None), ("s", 0.05)):
+        one = prepare_config({**cfg, "pytorch": {**cfg["pytorch"], "memory_budget_mb": budget}})
+        fits[name] = train(one, folders, paths(Path(root) / name), progress=False)
+    assert fits["s"]["streamed"] and not fits["m"]["streamed"]
+    np.testing.assert_allclose(np.array(fits["s"]["history"]), np.array(fits["m"]["history"]), rtol=1e-10)
+    sm = torch.load(Path(root) / "m" / "ckpt.pt", weights_only=True)["model"]["state_dict"]
+    ss = torch.load(Path(root) / "s" / "ckpt.pt", weights_only=True)["model"]["state_dict"]
+    for k in sm:
+        torch.testing.assert_close(ss[k], sm[k], rtol=1e-10, atol=1e-12)

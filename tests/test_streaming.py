@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from synthetic import assert_streamed_fit_equals_in_memory
 
 from potflow.config.load import prepare_config
 from potflow.data.structures import import_group, iter_configs, load_group
@@ -158,17 +159,7 @@ def test_float32_gradient_files_train_like_float64(wbe, tmp_path):
 
 
 def test_streamed_fit_equals_in_memory_fit(wbe, tmp_path):
-    cfg = wbe["cfg64"]
-    memory = train(dict(cfg, pytorch={**cfg["pytorch"], "memory_budget_mb": None}), wbe["f64"], paths(tmp_path / "m"), progress=False)
-    # 0.05 MB: far below one configuration's rows, so each batch is read from the files alone
-    tiny = prepare_config(dict(cfg, pytorch={**cfg["pytorch"], "memory_budget_mb": 0.05}))
-    streamed = train(tiny, wbe["f64"], paths(tmp_path / "s"), progress=False)
-    assert streamed["streamed"] and not memory["streamed"]
-    np.testing.assert_allclose(np.array(streamed["history"]), np.array(memory["history"]), rtol=1e-10)
-    sm = torch.load(tmp_path / "m" / "ckpt.pt", weights_only=True)["model"]["state_dict"]
-    ss = torch.load(tmp_path / "s" / "ckpt.pt", weights_only=True)["model"]["state_dict"]
-    for k in sm:
-        torch.testing.assert_close(ss[k], sm[k], rtol=1e-10, atol=1e-12)
+    assert_streamed_fit_equals_in_memory(wbe["cfg64"], wbe["f64"], tmp_path)
 
 
 def mapped_rss(name):

@@ -306,17 +306,7 @@ def test_streamed_fit_with_stresses_equals_in_memory_fit(stressed, tmp_path):
     """The same fit with stresses in memory and streamed from the files (a budget far below one
     configuration): same losses and weights. Catches stress targets or strain derivatives that do
     not follow their configurations through the shuffled, chunked batches."""
-    from synthetic import paths
-
-    from potflow.config.load import prepare_config
-    from potflow.training.loop import train
+    from synthetic import assert_streamed_fit_equals_in_memory
 
     cfg, folders = stressed
-    memory = train(prepare_config({**cfg, "pytorch": {**cfg["pytorch"], "memory_budget_mb": None}}), folders, paths(tmp_path / "m"), progress=False)
-    streamed = train(prepare_config({**cfg, "pytorch": {**cfg["pytorch"], "memory_budget_mb": 0.05}}), folders, paths(tmp_path / "s"), progress=False)
-    assert streamed["streamed"] and not memory["streamed"]
-    np.testing.assert_allclose(np.array(streamed["history"]), np.array(memory["history"]), rtol=1e-10)
-    sm = torch.load(tmp_path / "m" / "ckpt.pt", weights_only=True)["model"]["state_dict"]
-    ss = torch.load(tmp_path / "s" / "ckpt.pt", weights_only=True)["model"]["state_dict"]
-    for k in sm:
-        torch.testing.assert_close(ss[k], sm[k], rtol=1e-10, atol=1e-12)
+    assert_streamed_fit_equals_in_memory(cfg, folders, tmp_path)

@@ -28,27 +28,25 @@ def descriptor_key(cfg):
     return settings_hash(descriptor_settings(cfg))
 
 
+def _any_weight(cfg, global_key, group_key, default):
+    """Whether some weight is above 0: the global ``pytorch`` one when it is set (it overrides
+    the groups, FitSNAP's rule), else the group defaults' or any named group's."""
+    value = cfg["pytorch"].get(global_key)
+    if value is not None:
+        return value > 0
+    groups = cfg["groups"]
+    weights = [groups["defaults"].get(group_key, default)]
+    weights += [g.get(group_key, default) for g in named_groups(cfg).values()]
+    return any(w > 0 for w in weights)
+
+
 def fits_stress(cfg):
     """True when stresses are computed, stored and fitted: ``calculator.stress`` is 1 (FitSNAP's
     switch for the virial rows) and some virial weight (group ``vweight``, or the global
     ``pytorch.virial_weight`` overriding them) is above 0."""
-    if not cfg["calculator"].get("stress", 0):
-        return False
-    vw = cfg["pytorch"].get("virial_weight")
-    if vw is not None:
-        return vw > 0
-    groups = cfg["groups"]
-    weights = [groups["defaults"].get("vweight", 0.0)]
-    weights += [g.get("vweight", 0.0) for g in named_groups(cfg).values()]
-    return any(w > 0 for w in weights)
+    return bool(cfg["calculator"].get("stress", 0)) and _any_weight(cfg, "virial_weight", "vweight", 0.0)
 
 
 def any_force_weight(cfg):
     """False for an energy-only fit: then no gradient rows are computed or stored."""
-    fw = cfg["pytorch"]["force_weight"]
-    if fw is not None:
-        return fw > 0
-    groups = cfg["groups"]
-    weights = [groups["defaults"].get("fweight", 1.0)]
-    weights += [g.get("fweight", 1.0) for g in named_groups(cfg).values()]
-    return any(w > 0 for w in weights)
+    return _any_weight(cfg, "force_weight", "fweight", 1.0)
