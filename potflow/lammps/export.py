@@ -82,11 +82,9 @@ def export_model(model, cfg, out_dir, name, model_file=None, info=None, check=Tr
         f"potflow potential '{name}': elements {' '.join(elements)}, multi_element_option {int(model.layout)}\n"
         f"from {Path(model_file).name if model_file else 'an in-memory model'}"
     )
+
     # Stage every file beside the destination; they replace it only after the self-check.
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out_dir) as tmp:
-        staged = export_paths(tmp, name)
+    def write_files(staged):
         write_text(staged["model"], format_model_file(net, comment))
         back = read_model_file(staged["model"], elements)
         for a, b in zip(
@@ -101,10 +99,25 @@ def export_model(model, cfg, out_dir, name, model_file=None, info=None, check=Tr
         write_text(staged["descriptor"], format_descriptor_file(cfg))
         write_text(staged["include"], format_include(cfg, name))
         save_torchscript(staged["torchscript"], net, record)
-        if check:
-            record["self_check"] = check_export(model, cfg, staged, where=paths["model"])
+
+    check_staged = (lambda staged: check_export(model, cfg, staged, where=paths["model"])) if check else None
+    return publish_export(out_dir, name, SUFFIXES, write_files, record, check_staged)
+
+
+def publish_export(out_dir, name, suffixes, write_files, record, check=None):
+    """Write an export's files (``write_files(staged_paths)``) staged beside ``out_dir``, run
+    ``check(staged_paths)`` into ``record["self_check"]``, then move them in place, the record
+    (the last of ``suffixes``) last: its presence means a complete, checked export."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = export_paths(out_dir, name, suffixes)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out_dir) as tmp:
+        staged = export_paths(tmp, name, suffixes)
+        write_files(staged)
+        if check is not None:
+            record["self_check"] = check(staged)
         write_json(staged["record"], record)
-        for key in SUFFIXES:  # the record last: its presence means a complete export
+        for key in suffixes:
             os.replace(staged[key], paths[key])
     return record
 

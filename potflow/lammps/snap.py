@@ -14,16 +14,14 @@ bzeroflag 0, is compared so in tests/test_linear.py.) With ``chemflag 1`` duplic
 columns are tied as in the ML-IAP export, which LAMMPS's force code needs.
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from potflow.descriptors.snap_index import bispectrum_triples, duplicate_descriptor_sets
 from potflow.errors import PotflowInputError
-from potflow.fileio import write_json, write_text
-from potflow.lammps.export import _plain
+from potflow.fileio import write_text
+from potflow.lammps.export import _plain, publish_export
 from potflow.lammps.inputs import (
     SNAP_SUFFIXES,
     export_paths,
@@ -132,19 +130,13 @@ def export_snap(model, cfg, out_dir, name, model_file=None, info=None, check=Tru
         f"potflow linear SNAP potential '{name}': elements {' '.join(elements)}\n"
         f"from {Path(model_file).name if model_file else 'an in-memory model'}"
     )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out_dir) as tmp:
-        staged = export_paths(tmp, name, SNAP_SUFFIXES)
+    def write_files(staged):
         write_text(staged["coeff"], format_snapcoeff(cfg, c0, c, comment))
         write_text(staged["param"], format_snapparam(cfg))
         write_text(staged["include"], format_snap_include(cfg, name))
-        if check:
-            record["self_check"] = check_export(model, cfg, staged, where=paths["coeff"])
-        write_json(staged["record"], record)
-        for key in SNAP_SUFFIXES:  # the record last: its presence means a complete export
-            os.replace(staged[key], paths[key])
-    return record
+
+    check_staged = (lambda staged: check_export(model, cfg, staged, where=paths["coeff"])) if check else None
+    return publish_export(out_dir, name, SNAP_SUFFIXES, write_files, record, check_staged)
 
 
 def export_snap_model_file(model_file, cfg, out_dir, name):
