@@ -134,6 +134,7 @@ def checkpoint_record(fit):
         "model_hash": fit.model_hash,
         "run_hash": fit.run_hash,
         "early_stopping": fit.selection.early_stopping_state(),
+        "linear_path_held": fit.linear_path_held,
     }
 
 
