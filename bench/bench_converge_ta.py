@@ -22,10 +22,51 @@ import sys
 import time
 from pathlib import Path
 
-from bench_train_ta import CONFIG, DATA, descriptors
+from bench_train_ta import CONFIG, DATA, descriptors, fitsnap_order
 from measure import REPO, child_env, mae_of_model
 
 FITSNAP = REPO.parent / "shared" / "fitsnap" / "run_fitsnap.sh"
+
+
+def fitsnap_split(groups, seed=12345):
+    """{group: file names, training files first, then test files}: the split of FitSNAP 3.1's
+    scraper with ``random_sampling 1`` (one ``random.seed``, then ``random.shuffle`` of each
+    group's sorted listing in [GROUPS] order; the test files are popped from the end)."""
+    import random
+
+    random.seed(seed)
+    order = {}
+    for group in groups:
+        files = sorted(f for f in os.listdir(DATA / group) if f.endswith(".json"))
+        random.shuffle(files)
+        n = len(files)
+        n_train, n_test = max(1, int(0.7 * n + 0.5)), max(1, int(0.3 * n + 0.5))
+        n_test = min(n_test, n - n_train)
+        order[group] = files[: n_train + n_test]
+    return order
+
+
+def split_folders(work):
+    """Descriptor folders whose configurations are in FitSNAP's split order (training, test)."""
+    folders, _ = descriptors(work)
+    order = fitsnap_split([Path(f).name for f in folders])
+    out = []
+    for f in folders:
+        raw = work / "descriptors" / Path(f).parent.name / Path(f).name
+        out.append(fitsnap_order(raw, work / "fitsnap_split" / Path(f).parent.name / Path(f).name, order[Path(f).name]))
+    return out
+
+
+def test_split_sha(cfg, folders):
+    """FitSNAP's split_sha of potflow's test configurations (sha1 of the sorted group/file list)."""
+    import hashlib
+
+    from potflow.training.datasets import FitData
+
+    data = FitData(cfg, folders)
+    t = data.table
+    test = sorted(f"{data.groups[t['group_id'][m]].name}/{t['file'][m]}" for m in data.ids("test"))
+    return hashlib.sha1("\n".join(test).encode()).hexdigest()[:12]
 
 
 def run_fitsnap(epochs):
@@ -67,6 +108,7 @@ def child(args):
     paths = loop.TrainPaths(out / "model.pt", out / "ckpt.pt", out / "loss.dat", out / "split.tsv", out / "resume.pt")
     t0[0] = time.perf_counter()
     loop.train(cfg, folders, paths, progress=False)
+    split_sha = test_split_sha(cfg, folders)
     model, _ = load_model(paths.model)
     picks = sorted({int(round(x)) for x in np.geomspace(1, len(kept), 30)} | {len(kept)})
     curve = []
@@ -88,7 +130,7 @@ def child(args):
     lin_s = time.perf_counter() - t1
     le, lf, _ = mae_of_model(cfg, folders, lin)
     del torch
-    print(json.dumps({"curve": curve, "linear": [lin_s, le, lf], "settings": {k: cfg["pytorch"][k] for k in ("optimizer", "linear_start", "layer_sizes", "activation", "dtype")}}))
+    print(json.dumps({"curve": curve, "linear": [lin_s, le, lf], "split_sha": split_sha, "settings": {k: cfg["pytorch"][k] for k in ("optimizer", "linear_start", "layer_sizes", "activation", "dtype")}}))
 
 
 def plot(path, fitsnap, runs, linear):
@@ -141,7 +183,7 @@ def main():
         print(f"FitSNAP Ta {args.fitsnap_epochs} epochs: fit {fs['fit_s']:.1f} s (epoch median {r['epoch_s_median']} s), "
               f"test MAE {fs['E']:.4f} eV/atom {fs['F']:.4f} eV/A, split {r['split_sha']}")  # fmt: skip
         print(f"uptime after FitSNAP: {os.popen('uptime').read().strip()}")
-    folders, _ = descriptors(Path(args.work))
+    folders = split_folders(Path(args.work))
     runs = []
     for label, extra in [("potflow defaults", args.extra), ("potflow " + (args.compare or ""), args.compare)]:
         if extra is None:
@@ -154,7 +196,7 @@ def main():
         res = json.loads(out.stdout.strip().splitlines()[-1])
         curve, linear = res["curve"], res["linear"]
         runs.append((label if extra == args.extra else f"potflow {extra}", curve))
-        print(f"{runs[-1][0]} ({res['settings']}), uptime {os.popen('uptime').read().strip()}")
+        print(f"{runs[-1][0]} ({res['settings']}), test split_sha {res['split_sha']}, uptime {os.popen('uptime').read().strip()}")
         print("  seconds  epoch  test E MAE (eV/atom)  test F MAE (eV/A)")
         for s, ep, e, f in curve:
             print(f"  {s:7.2f}  {ep:5d}  {e:.4f}  {f:.4f}")

@@ -446,12 +446,12 @@ def test_network_on_bundled_subset_is_at_least_as_accurate_as_the_linear_fit(rep
     1 meV/atom and 0.01 eV/A (the bundled data are labelled by a linear SNAP: the linear fit is
     exact, and a tanh network can hold it to ~1e-6 eV/atom). Checked to bite: with the old
     training settings (optimizer adam, learning_rate 1e-3, batch_size 4, linear_start 0) the
-    network ends at ~0.2 eV/atom and ~0.2 eV/A and the test fails."""
+    network ends at 0.36 eV/atom (the linear fit: 3e-9) and the test fails."""
     from potflow.linear.solve import predict as linear_predict
     from potflow.training.linear_start import linear_fit_of
 
     cfg = yaml.safe_load((repo_root / "config.yaml").read_text())
-    groups = ["Displaced_BCC", "Volume_BCC", "Liquid", "Surface_100"]
+    groups = ["Displaced_BCC", "Volume_BCC", "Displaced_A15", "Surface_100"]
     (tmp_path / "data").mkdir()
     for group in groups:
         _first_frames(repo_root / "data" / "Ta_example" / f"{group}.xyz", 8, tmp_path / "data" / f"{group}.xyz")
