@@ -9,6 +9,7 @@ Descriptors are computed once into --work and reused; ``--extra`` overrides pyto
 """
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -74,7 +75,8 @@ def main():
     out = work / "fit"
     paths = TrainPaths(out / "model.pt", out / "checkpoint.pt", out / "loss_vs_epochs.dat", out / "split.tsv", out / "resume.pt")
     t0 = time.perf_counter()
-    res = train(cfg, folders, paths, progress=False)
+    with open(work / "train.log", "w") as log, contextlib.redirect_stdout(log):  # the epoch lines
+        res = train(cfg, folders, paths, progress=False)
     seconds = time.perf_counter() - t0
     mae_e, mae_f, n_test = mae_on_test_split(cfg, folders, paths.model)
     lin_e, lin_f, lin_s = linear_test_mae(cfg, folders)
