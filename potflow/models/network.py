@@ -11,9 +11,9 @@ E_config = sum_i E_atom(B_i, element_i). How several elements share networks is 
 
 ``start_from_linear`` makes a network start at a linear SNAP fit, E_atom = beta_e . B + beta0_e,
 while staying a plain MLP (what LAMMPS's ``mliap model nn`` runs): hidden neuron 0 of every
-layer carries u = beta . B on the nearly linear stretch of the activation (|z - z0| <= 1e-3,
-where the activation's curvature changes the energy by at most ~1e-6 of u), and only the
-output weight of that neuron is non-zero. ``hold_linear_path`` keeps that path fixed while the
+layer carries u = beta . B on the nearly linear stretch of the activation (tanh, sigmoid:
+|z - z0| <= 1e-3, where the curvature changes u by at most ~1e-6 of itself; relu, linear:
+exactly linear), and only the output weight of that neuron is non-zero. ``hold_linear_path`` keeps that path fixed while the
 other neurons learn what the linear model misses.
 """
 
@@ -32,16 +32,16 @@ _ACT = {
 }
 
 
-# where each activation is (nearly) linear: z0 with sigma(z0), sigma'(z0); relu is exactly linear there
+# Where each activation is (nearly) linear: z0, sigma(z0), sigma'(z0), and the largest |z - z0|
+# the linear path takes over the training atoms. tanh and sigmoid have sigma''(z0) = 0, so they
+# bend u by ~(z - z0)^2 / 3 <= 3e-7 of itself; relu and linear are exactly linear there. silu and
+# softplus bend at second order everywhere (and LAMMPS cannot run them): no linear start.
 _LINEAR_POINT = {
-    "linear": (0.0, 0.0, 1.0),
-    "tanh": (0.0, 0.0, 1.0),
-    "sigmoid": (0.0, 0.5, 0.25),
-    "relu": (1.0, 1.0, 1.0),
-    "silu": (0.0, 0.0, 0.5),
-    "softplus": (0.0, 0.6931471805599453, 0.5),
+    "linear": (0.0, 0.0, 1.0, 1.0),
+    "tanh": (0.0, 0.0, 1.0, 1.0e-3),
+    "sigmoid": (0.0, 0.5, 0.25, 1.0e-3),
+    "relu": (1.0, 1.0, 1.0, 0.5),
 }
-LINEAR_PATH_AMPLITUDE = 1.0e-3  # largest |z - z0| of the linear path over the training atoms
 
 
 class ElementLayout(enum.IntEnum):
@@ -184,8 +184,9 @@ class AtomicEnergyModel(nn.Module):
 
     def supports_linear_start(self):
         """A linear SNAP fit (one beta per element) fits into the networks: one element, or
-        one network per element."""
-        return len(self.elements) == 1 or self.layout.per_element_networks
+        one network per element, and an activation with a linear stretch (not silu, softplus)."""
+        shared_ok = len(self.elements) == 1 or self.layout.per_element_networks
+        return shared_ok and self.activation in _LINEAR_POINT
 
     @torch.no_grad()
     def start_from_linear(self, beta, beta0, u_min, u_max):
@@ -197,7 +198,7 @@ class AtomicEnergyModel(nn.Module):
         """
         beta = torch.as_tensor(beta, dtype=torch.float64)
         beta0 = torch.as_tensor(beta0, dtype=torch.float64)
-        z0, s0, d0 = _LINEAR_POINT[self.activation]
+        z0, s0, d0, amplitude = _LINEAR_POINT[self.activation]
         for e, net in enumerate(self.nets):
             el = e if self.layout.per_element_networks else 0
             bx = beta[el] * self.scale[el].double()  # weights on the standardised inputs
@@ -211,7 +212,7 @@ class AtomicEnergyModel(nn.Module):
                 continue
             lo, hi = float(u_min[el]), float(u_max[el])
             mid = 0.5 * (lo + hi)
-            eps = LINEAR_PATH_AMPLITUDE / max(0.5 * (hi - lo), 1e-12)
+            eps = amplitude / max(0.5 * (hi - lo), 1e-12)
             # layer 1: z = z0 + eps (u - mid), u = beta . B (the standardised form of it)
             first.weight[0].zero_()
             first.weight[0, : self.num_desc] = eps * bx

@@ -4,7 +4,8 @@
 the fit's own energy and force weights, training configurations only) and sets the network to it
 (``AtomicEnergyModel.start_from_linear``); training then learns what the linear model misses.
 Fits whose elements share one network (options 1 and 3 with several elements) cannot hold one
-beta per element: they start from per-element energy offsets, as with ``linear_start: 0``.
+beta per element, and silu/softplus have no linear stretch: they start from per-element energy
+offsets, as with ``linear_start: 0``.
 """
 
 import numpy as np
@@ -56,10 +57,12 @@ def start_from_linear_fit(model, train_set):
     """Set a new model to the linear fit of ``train_set``; returns a line saying what was done."""
     if not model.supports_linear_start():
         model.set_energy_offsets(*train_set.energy_offsets())
-        return (
-            "linear_start: elements share one network (multi_element_option "
-            f"{int(model.layout)}): started from per-element energy offsets instead"
+        why = (
+            f"activation {model.activation} has no linear stretch"
+            if len(model.elements) == 1 or model.layout.per_element_networks
+            else f"elements share one network (multi_element_option {int(model.layout)})"
         )
+        return f"linear_start: {why}: started from per-element energy offsets instead"
     coef = linear_fit_of(train_set)
     lo, hi = linear_energy_range(train_set, coef.beta)
     model.start_from_linear(coef.beta, coef.beta0, lo, hi)
