@@ -225,6 +225,27 @@ def test_interrupted_run_resumes_from_the_resume_file(ta, tmp_path, monkeypatch,
     assert not (tmp_path / "run" / "resume.pt").exists()
 
 
+def test_restart_with_the_other_optimiser_starts_it_afresh(ta, tmp_path, capsys):
+    """An Adam checkpoint restarted with optimizer lbfgs (and back): weights, history and random
+    streams carry over, the optimiser starts afresh. Without the optimizer_kind check,
+    LBFGS.load_state_dict of Adam's state raises."""
+    cfg, folders = ta
+    train(with_pytorch(cfg, optimizer="adam", num_epochs=2), folders, paths(tmp_path / "a"), progress=False)
+    shutil.copy(tmp_path / "a" / "ckpt.pt", tmp_path / "start.pt")
+    res = train(
+        with_pytorch(cfg, optimizer="lbfgs", num_epochs=4, save_state_input=str(tmp_path / "start.pt")), folders,
+        paths(tmp_path / "b"), progress=False,
+    )  # fmt: skip
+    assert "lbfgs starts afresh" in capsys.readouterr().out
+    assert len(res["history"]) == 4 and res["history"][:2] == np.loadtxt(tmp_path / "a" / "loss_vs_epochs.dat").tolist()
+    shutil.copy(tmp_path / "b" / "ckpt.pt", tmp_path / "back.pt")
+    back = train(
+        with_pytorch(cfg, optimizer="adam", num_epochs=5, save_state_input=str(tmp_path / "back.pt")), folders,
+        paths(tmp_path / "c"), progress=False,
+    )  # fmt: skip
+    assert len(back["history"]) == 5
+
+
 def test_num_epochs_1_with_save_state_input_evaluates_without_training(ta, tmp_path, capsys):
     cfg, folders = ta
     train(cfg, folders, paths(tmp_path / "fit"), progress=False)

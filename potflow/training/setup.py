@@ -213,7 +213,12 @@ def setup_fit(cfg, folders, resume, stream=None):
     scheduler = make_scheduler(optimizer, cfg) if tcfg["optimizer"] == "adam" else None
     shuffle = torch.Generator().manual_seed(seed)
     if is_checkpoint(rec):
-        restore_optimisation(rec, optimizer, scheduler, shuffle, device)
+        # a restart with the other optimiser (save_state_input) starts it afresh
+        same_kind = rec.get("optimizer_kind", "adam") == tcfg["optimizer"]
+        if not same_kind:
+            kind = rec.get("optimizer_kind", "adam")
+            print(f"{source}: its optimiser state is {kind}'s; {tcfg['optimizer']} starts afresh")
+        restore_optimisation(rec, optimizer if same_kind else None, scheduler, shuffle, device)
         if loaded_input and scheduler is None and tcfg["optimizer"] == "adam":
             for group in optimizer.param_groups:  # an explicit restart takes the config's rate
                 group["lr"] = tcfg["learning_rate"]
