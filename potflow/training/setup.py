@@ -211,6 +211,8 @@ def setup_fit(cfg, folders, resume, stream=None):
     optimizer = make_optimizer(model, tcfg)
     # L-BFGS's line search picks every step length: no learning rate to schedule
     scheduler = make_scheduler(optimizer, cfg) if tcfg["optimizer"] == "adam" else None
+    if tcfg["optimizer"] == "lbfgs" and tcfg["scheduler"]["type"] != "none":
+        print(f"config field 'pytorch.scheduler': {tcfg['scheduler']['type']} is not used with optimizer lbfgs")
     shuffle = torch.Generator().manual_seed(seed)
     if is_checkpoint(rec):
         # a restart with the other optimiser (save_state_input) starts it afresh
