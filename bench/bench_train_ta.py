@@ -41,8 +41,9 @@ CONFIG = {
 }
 
 
-def fitsnap_order(folder, out):
-    """Copy of a descriptor folder with its configurations in os.listdir order of the JSON files.
+def fitsnap_order(folder, out, listed=None):
+    """Copy of a descriptor folder with its configurations in os.listdir order of the JSON files
+    (or in the order of the file names ``listed``).
 
     FitSNAP 3.1 does not sort a group's files: without random_sampling it trains on the first
     70 % of os.listdir's order and tests on the next 30 %. With this order our split (first
@@ -57,7 +58,8 @@ def fitsnap_order(folder, out):
 
     a = {name: np.load(Path(folder) / f"{name}.npy") for name in ARRAYS}
     group = Path(folder).name
-    listed = [f for f in os.listdir(DATA / group) if f.endswith(".json")]
+    if listed is None:
+        listed = [f for f in os.listdir(DATA / group) if f.endswith(".json")]
     where = {str(f): m for m, f in enumerate(a["files"])}
     perm = np.array([where[f] for f in listed])
     natoms, ptr = a["natoms"], a["grad_ptr"]

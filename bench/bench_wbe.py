@@ -3,6 +3,7 @@
     python bench/bench_wbe.py descriptors --cores 2 [--work /tmp/wbe_bench]
     python bench/bench_wbe.py train --batch-size 4 64 --fraction 0.1 0.3 1.0 --epochs 3
     python bench/bench_wbe.py fit --epochs 200 --extra '{"scheduler": {"type": "cosine"}}'
+    python bench/bench_wbe.py fit --epochs 20 --linear   # configs/WBe.yaml's defaults; + the linear fit
     python bench/bench_wbe.py pipeline --cores 2 [--work /tmp/wbe_run]
 
 Results go to --work (outside the repository). ``descriptors`` runs Snakemake up to the
@@ -136,9 +137,42 @@ def cmd_train(args):
 
 
 def cmd_fit(args):
+    print(f"uptime before: {os.popen('uptime').read().strip()}", flush=True)
     r = child(args, 1.0, args.batch_size[0], args.epochs, mae=True)
     r["fitsnap"] = {"energy_mae": FITSNAP["energy_mae"], "force_mae": FITSNAP["force_mae"], "wall_s": 1020}
     print(json.dumps(r), flush=True)
+    print(f"uptime after: {os.popen('uptime').read().strip()}")
+    e, f = r["test_energy_mae"], r["test_force_mae"]
+    print(
+        f"training {r['train_wall_s']} s ({r['train_wall_s'] / 300:.2f} of 5 minutes): test MAE {e} eV/atom "
+        f"({e / FITSNAP['energy_mae']:.2f} of FitSNAP's 20-epoch {FITSNAP['energy_mae']}), {f} eV/A "
+        f"({f / FITSNAP['force_mae']:.2f} of {FITSNAP['force_mae']})"
+    )
+    if args.linear:
+        print(json.dumps({"linear_fit": linear_fit_errors(args)}))
+
+
+def linear_fit_errors(args):
+    """Solve time and test MAE of the exact linear fit of the training configurations."""
+    from potflow.config.load import prepare_config
+    from potflow.models.network import AtomicEnergyModel
+    from potflow.training.datasets import FitData
+    from potflow.training.linear_start import start_from_linear_fit
+
+    cfg, _ = bench_config(Path(args.work) / "config")
+    cfg = prepare_config(cfg)
+    folders = [str(p) for p in descriptor_folders(Path(args.descriptors))]
+    data = FitData(cfg, folders)
+    t0 = time.perf_counter()
+    train_set = data.subset("train")
+    model = AtomicEnergyModel(data.num_desc, [], data.elements, cfg["pytorch"]["multi_element_option"], "linear").double()
+    model.set_standardisation_moments(*train_set.moments())
+    start_from_linear_fit(model, train_set)
+    seconds = time.perf_counter() - t0
+    from measure import mae_of_model
+
+    e, f, n = mae_of_model(cfg, folders, model)
+    return {"solve_s": round(seconds, 1), "test_energy_mae": round(e, 4), "test_force_mae": round(f, 4), "test_configs": n}
 
 
 # ----------------------------------------------------------------------------- whole workflow
@@ -192,6 +226,7 @@ def main():
     ap.add_argument("--extra", default="{}", help="JSON of extra pytorch settings")
     ap.add_argument("--sections", default="{}", help="JSON of config sections merged in (pipeline)")
     ap.add_argument("--mae", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--linear", action="store_true", help="fit: also the exact linear fit's test errors")
     args = ap.parse_args()
     if args.what == "child":
         args.batch_size, args.fraction = args.batch_size[0], args.fraction[0]

@@ -61,14 +61,19 @@ def run_snakemake(workdir, cores, *extra):
 
 def mae_on_test_split(cfg, folders, model_path):
     """Energy (eV/atom) and force (eV/A) MAE of the model on the test split (float64 predict)."""
+    from potflow.models.files import load_model
+
+    return mae_of_model(cfg, folders, load_model(model_path)[0])
+
+
+def mae_of_model(cfg, folders, model):
+    """Energy (eV/atom) and force (eV/A) MAE of a model on the test split (float64 predict)."""
     import numpy as np
     import torch
 
-    from potflow.models.files import load_model
     from potflow.models.network import predict
     from potflow.training.datasets import FitData, concat_ranges
 
-    model, _ = load_model(model_path)
     model.double().eval()
     data = FitData(cfg, folders)
     test = data.subset("test")

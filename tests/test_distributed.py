@@ -35,9 +35,9 @@ def free_port():
 def fits(tmp_path_factory):
     """Fits that split unevenly over two ranks: (name, config, folders)."""
     root = tmp_path_factory.mktemp("ddp")
-    ta = base_config()
+    ta = base_config(optimizer="adam")
     ta_folders = make_groups(root / "ta", ta, [12, 9])  # 12 train: batches of 5, 5 and 2
-    two = base_config(("Ta", "W"))
+    two = base_config(("Ta", "W"), optimizer="adam")
     two_folders = make_groups(root / "tw", two, [10, 8], seed=5)  # 11 train: ranks hold 6 and 5
     return [
         ("memory", with_pytorch(ta, batch_size=5, num_epochs=3), ta_folders),
@@ -45,6 +45,8 @@ def fits(tmp_path_factory):
         ("streamed", with_pytorch(two, batch_size=1, num_epochs=2, multi_element_option=2, memory_budget_mb=0.05), two_folders),
         ("onehot", with_pytorch(two, batch_size=4, num_epochs=3, multi_element_option=3, scheduler={"type": "plateau", "patience": 0}), two_folders),
         ("random_seed", with_pytorch(ta, batch_size=4, num_epochs=2, manual_seed_flag=0), ta_folders),
+        # full-batch L-BFGS from the linear start: every loss evaluation sums both ranks' shares
+        ("lbfgs", with_pytorch(two, optimizer="lbfgs", num_epochs=3, multi_element_option=2), two_folders),
     ]  # fmt: skip
 
 
@@ -97,7 +99,8 @@ def test_two_processes_give_the_fit_of_one(fits, tmp_path):
         for key, value in b["model"]["state_dict"].items():
             torch.testing.assert_close(a["model"]["state_dict"][key], value, rtol=1e-9, atol=1e-12, msg=f"{name} {key}")
         for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
-            torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=1e-8, atol=1e-16)
+            key = "exp_avg_sq" if "exp_avg_sq" in sb else "prev_flat_grad"  # Adam's, L-BFGS's
+            torch.testing.assert_close(sa[key], sb[key], rtol=1e-8, atol=1e-16)
         (ma, ia), (mb, ib) = load_model(two / "model.pt"), load_model(one / "model.pt")
         assert ia["epoch"] == ib["epoch"] == res["info"]["epoch"], name
         for x, y in zip(ma.state_dict().values(), mb.state_dict().values(), strict=True):

@@ -167,6 +167,24 @@ def test_every_lammps_activation_exports_exactly(activation, hidden, shared_data
     assert_lammps_matches_torch(model, cfg, export_paths(tmp_path, "pot"), configs)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_network_started_from_a_linear_fit_exports_exactly(activation, shared_data, tmp_path):
+    """linear_start's path (weights ~1e-3 in, ~1e3 out, beside ordinary neurons) reaches LAMMPS
+    to round-off like any other network."""
+    cfg = make_config("WBe", True)
+    model = random_model(cfg, 2, shared_data, hidden=(6, 5), activation=activation)
+    rng = np.random.default_rng(3)
+    beta = rng.normal(0, 1, (2, model.num_desc)) / model.scale.double().numpy()
+    with torch.no_grad():
+        others = [net.layers[-1].weight[0, 1:].clone() for net in model.nets]
+        model.start_from_linear(beta, [-1.0, -2.0], [-8.0, -6.0], [5.0, 4.0])
+        for net, w in zip(model.nets, others, strict=True):  # the other neurons have learnt something
+            net.layers[-1].weight[0, 1:] = w
+    export_model(model, cfg, tmp_path, "pot")
+    configs = read_configs(shared_data, SYSTEMS["WBe"]["held_out"], cfg["bispectrum"]["type"])
+    assert_lammps_matches_torch(model, cfg, export_paths(tmp_path, "pot"), configs)
+
+
 @pytest.mark.parametrize("twojmax,nelements", [(2, 2), (4, 2), (2, 3)])
 def test_duplicate_sets_are_the_identical_columns(twojmax, nelements):
     """The combinatorial duplicate sets equal the columns LAMMPS computes as equal."""

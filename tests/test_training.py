@@ -167,9 +167,12 @@ def test_seeded_runs_are_identical(ta, tmp_path):
     assert same_weights(state(tmp_path / "a" / "ckpt.pt"), state(tmp_path / "b" / "ckpt.pt"))
 
 
-def test_restart_from_checkpoint_equals_an_uninterrupted_run(ta, tmp_path):
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_restart_from_checkpoint_equals_an_uninterrupted_run(ta, tmp_path, optimizer):
+    """Also for L-BFGS (its history restored) with the linear path of linear_start held fixed
+    after the restart: without ``linear_path_held`` in the checkpoint the lbfgs case fails."""
     cfg, folders = ta
-    cfg = with_pytorch(cfg, num_epochs=6, scheduler={"type": "step", "step_size": 2, "factor": 0.5})
+    cfg = with_pytorch(cfg, optimizer=optimizer, num_epochs=6, scheduler={"type": "step", "step_size": 2, "factor": 0.5})
     full = train(cfg, folders, paths(tmp_path / "full"), progress=False)
     train(with_pytorch(cfg, num_epochs=3), folders, paths(tmp_path / "first"), progress=False)
     shutil.copy(tmp_path / "first" / "ckpt.pt", tmp_path / "start.pt")
@@ -184,9 +187,10 @@ def test_restart_from_checkpoint_equals_an_uninterrupted_run(ta, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values(), strict=True))
 
 
-def test_interrupted_run_resumes_from_the_resume_file(ta, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_interrupted_run_resumes_from_the_resume_file(ta, tmp_path, monkeypatch, optimizer):
     cfg, folders = ta
-    cfg = with_pytorch(cfg, num_epochs=6, save_freq=2)
+    cfg = with_pytorch(cfg, optimizer=optimizer, num_epochs=6, save_freq=2)
     full = train(cfg, folders, paths(tmp_path / "full"), progress=False)
 
     import potflow.training.loop as pt
@@ -219,6 +223,27 @@ def test_interrupted_run_resumes_from_the_resume_file(ta, tmp_path, monkeypatch)
     assert resumed["history"] == full["history"]
     assert same_weights(state(tmp_path / "run" / "ckpt.pt"), state(tmp_path / "full" / "ckpt.pt"))
     assert not (tmp_path / "run" / "resume.pt").exists()
+
+
+def test_restart_with_the_other_optimiser_starts_it_afresh(ta, tmp_path, capsys):
+    """An Adam checkpoint restarted with optimizer lbfgs (and back): weights, history and random
+    streams carry over, the optimiser starts afresh. Without the optimizer_kind check,
+    LBFGS.load_state_dict of Adam's state raises."""
+    cfg, folders = ta
+    train(with_pytorch(cfg, optimizer="adam", num_epochs=2), folders, paths(tmp_path / "a"), progress=False)
+    shutil.copy(tmp_path / "a" / "ckpt.pt", tmp_path / "start.pt")
+    res = train(
+        with_pytorch(cfg, optimizer="lbfgs", num_epochs=4, save_state_input=str(tmp_path / "start.pt")), folders,
+        paths(tmp_path / "b"), progress=False,
+    )  # fmt: skip
+    assert "lbfgs starts afresh" in capsys.readouterr().out
+    assert len(res["history"]) == 4 and res["history"][:2] == np.loadtxt(tmp_path / "a" / "loss_vs_epochs.dat").tolist()
+    shutil.copy(tmp_path / "b" / "ckpt.pt", tmp_path / "back.pt")
+    back = train(
+        with_pytorch(cfg, optimizer="adam", num_epochs=5, save_state_input=str(tmp_path / "back.pt")), folders,
+        paths(tmp_path / "c"), progress=False,
+    )  # fmt: skip
+    assert len(back["history"]) == 5
 
 
 def test_num_epochs_1_with_save_state_input_evaluates_without_training(ta, tmp_path, capsys):
@@ -319,8 +344,8 @@ def test_two_elements_train_with_every_option(tawb, tmp_path):
 
 def test_early_stopping_and_plateau_schedule(ta, tmp_path):
     cfg, folders = ta
-    # a learning rate this large makes the validation loss stop improving quickly
-    c = with_pytorch(cfg, num_epochs=60, learning_rate=0.3, early_stopping_patience=2)
+    # a learning rate this large makes Adam's validation loss stop improving quickly
+    c = with_pytorch(cfg, optimizer="adam", num_epochs=60, learning_rate=0.3, early_stopping_patience=2)
     res = train(c, folders, paths(tmp_path / "es"), progress=False)
     assert res["epochs_done"] < 60
     best = res["info"]["epoch"]
@@ -426,28 +451,46 @@ def test_rule_resumes_after_a_kill(tmp_path):
 # ----------------------------------------------------------------------------- the bundled example
 
 
-@pytest.mark.slow  # end to end: runs the workflow
-def test_short_fit_on_the_bundled_example_lowers_the_validation_loss(repo_root, tmp_path):
-    cfg = yaml.safe_load((repo_root / "config.yaml").read_text())
-    cfg["path"]["dataPath"] = str(repo_root / "data" / "Ta_example")
-    cfg["pytorch"].update(num_epochs=8)
-    cfg = prepare_config(cfg)
-    from potflow.config.groups import fit_groups
+def _first_frames(xyz, count, dest):
+    """The first ``count`` configurations of an extended-XYZ file, written to ``dest``."""
+    lines, out, pos = xyz.read_text().splitlines(), [], 0
+    for _ in range(count):
+        n = int(lines[pos])
+        out += lines[pos : pos + n + 2]
+        pos += n + 2
+    dest.write_text("\n".join(out) + "\n")
 
+
+def test_network_on_bundled_subset_is_at_least_as_accurate_as_the_linear_fit(repo_root, tmp_path):
+    """config.yaml's training settings, on 8 configurations of each of 4 bundled groups, end with
+    test energy and force MAE no worse than the exact linear fit's (potflow.linear.solve) plus
+    1 meV/atom and 0.01 eV/A (the bundled data are labelled by a linear SNAP: the linear fit is
+    exact, and a tanh network can hold it to ~1e-6 eV/atom). Checked to bite: with the old
+    training settings (optimizer adam, learning_rate 1e-3, batch_size 4, linear_start 0) the
+    network ends at 0.36 eV/atom (the linear fit: 3e-9) and the test fails."""
+    from potflow.linear.solve import predict as linear_predict
+    from potflow.training.linear_start import linear_fit_of
+
+    cfg = yaml.safe_load((repo_root / "config.yaml").read_text())
+    groups = ["Displaced_BCC", "Volume_BCC", "Displaced_A15", "Surface_100"]
+    (tmp_path / "data").mkdir()
+    for group in groups:
+        _first_frames(repo_root / "data" / "Ta_example" / f"{group}.xyz", 8, tmp_path / "data" / f"{group}.xyz")
+    cfg["path"]["dataPath"] = str(tmp_path / "data")
+    cfg["groups"] = {k: v for k, v in cfg["groups"].items() if k in [*groups, "random_sampling", "random_seed", "defaults"]}
+    cfg = prepare_config(cfg)
     folders = []
-    for group in fit_groups(cfg):
+    for group in groups:
         npz = tmp_path / f"{group}.npz"
-        import_group(repo_root / "data" / "Ta_example" / f"{group}.xyz", "XYZ", ["Ta"], npz)
+        import_group(tmp_path / "data" / f"{group}.xyz", "XYZ", ["Ta"], npz)
         compute_group_descriptors(cfg, npz, tmp_path / "desc" / group, group)
         folders.append(str(tmp_path / "desc" / group))
-    res = train(cfg, folders, paths(tmp_path / "fit"), progress=False)
-    hist = np.array(res["history"])
-    assert hist[:, 2].min() < res["initial_val_loss"] / 10, (res["initial_val_loss"], hist[:, 2])
-    model, info = load_model(tmp_path / "fit" / "model.pt")
-    # and the selected model predicts the test configurations' forces better than zero forces
+    train(cfg, folders, paths(tmp_path / "fit"), progress=False)
+    model, _ = load_model(tmp_path / "fit" / "model.pt")
     data = FitData(cfg, folders)
+    linear = linear_fit_of(data.subset("train"))
     test = data.subset("test")
-    err, base = [], []
+    net_e, net_f, lin_e, lin_f = [], [], [], []
     for g, local, _ in test.pieces():
         atoms = concat_ranges(g.atom_start[local], g.natoms[local])
         rows = concat_ranges(g.row_start[local], g.nrows[local])
@@ -455,12 +498,18 @@ def test_short_fit_on_the_bundled_example_lowers_the_validation_loss(repo_root, 
         idx = np.asarray(g.arrays["grad_index"][rows], dtype=np.int64)
         idx[:, :2] += np.repeat(first, g.nrows[local])[:, None]
         with torch.no_grad():
-            _, f, _ = predict(
+            e, f, _ = predict(
                 model.double(), torch.from_numpy(np.asarray(g.arrays["descriptors"][atoms])),
                 torch.from_numpy(g.types[atoms]), torch.from_numpy(g.natoms[local]),
                 torch.from_numpy(np.asarray(g.arrays["grad_values"][rows])), torch.from_numpy(idx),
             )  # fmt: skip
-        target = np.asarray(g.arrays["force_target"][atoms])
-        err.append(np.abs(f.numpy() - target).ravel())
-        base.append(np.abs(target).ravel())
-    assert np.concatenate(err).mean() < 0.5 * np.concatenate(base).mean()
+        target_e = np.asarray(g.arrays["energy_target"])[local]
+        target_f = np.asarray(g.arrays["force_target"][atoms])
+        le, lf = linear_predict(linear, g.folder, local)
+        net_e.append(np.abs(e.numpy() - target_e) / g.natoms[local])
+        lin_e.append(np.abs(le - target_e) / g.natoms[local])
+        net_f.append(np.abs(f.numpy() - target_f).ravel())
+        lin_f.append(np.abs(lf - target_f).ravel())
+    mae = [np.concatenate(x).mean() for x in (net_e, lin_e, net_f, lin_f)]
+    assert len(np.concatenate(net_e)) >= 8
+    assert mae[0] <= mae[1] + 1e-3 and mae[2] <= mae[3] + 1e-2, mae

@@ -8,6 +8,13 @@ E_config = sum_i E_atom(B_i, element_i). How several elements share networks is 
 
 ``energy_and_gradient`` returns per-atom energies and dE/dB written out analytically
 (no double backward), so the force loss needs only one backward pass.
+
+``start_from_linear`` makes a network start at a linear SNAP fit, E_atom = beta_e . B + beta0_e,
+while staying a plain MLP (what LAMMPS's ``mliap model nn`` runs): hidden neuron 0 of every
+layer carries u = beta . B on the nearly linear stretch of the activation (tanh, sigmoid:
+|z - z0| <= 1e-3, where the curvature changes u by at most ~1e-6 of itself; relu, linear:
+exactly linear), and only the output weight of that neuron is non-zero. ``hold_linear_path`` keeps that path fixed while the
+other neurons learn what the linear model misses.
 """
 
 import enum
@@ -22,6 +29,18 @@ _ACT = {
     "relu": (torch.relu, lambda z, h: (z > 0).to(z.dtype)),
     "silu": (nn.functional.silu, lambda z, h: torch.sigmoid(z) * (1.0 + z * (1.0 - torch.sigmoid(z)))),
     "softplus": (nn.functional.softplus, lambda z, h: torch.sigmoid(z)),
+}
+
+
+# Where each activation is (nearly) linear: z0, sigma(z0), sigma'(z0), and the largest |z - z0|
+# the linear path takes over the training atoms. tanh and sigmoid have sigma''(z0) = 0, so they
+# bend u by ~(z - z0)^2 / 3 <= 3e-7 of itself; relu and linear are exactly linear there. silu and
+# softplus bend at second order everywhere (and LAMMPS cannot run them): no linear start.
+_LINEAR_POINT = {
+    "linear": (0.0, 0.0, 1.0, 1.0),
+    "tanh": (0.0, 0.0, 1.0, 1.0e-3),
+    "sigmoid": (0.0, 0.5, 0.25, 1.0e-3),
+    "relu": (1.0, 1.0, 1.0, 0.5),
 }
 
 
@@ -162,6 +181,70 @@ class AtomicEnergyModel(nn.Module):
                 net.layers[-1].bias.fill_(float(m))
         else:
             self.nets[0].layers[-1].bias.fill_(float(mu.mean()))
+
+    def supports_linear_start(self):
+        """A linear SNAP fit (one beta per element) fits into the networks: one element, or
+        one network per element, and an activation with a linear stretch (not silu, softplus)."""
+        shared_ok = len(self.elements) == 1 or self.layout.per_element_networks
+        return shared_ok and self.activation in _LINEAR_POINT
+
+    @torch.no_grad()
+    def start_from_linear(self, beta, beta0, u_min, u_max):
+        """Set the networks to the linear SNAP model E_atom = beta_e . B + beta0_e.
+
+        ``beta`` (n_el, K), ``beta0`` (n_el,) in eV; ``u_min``/``u_max`` (n_el,) the range of
+        beta_e . B over the training atoms (sets the path's scale). The standardisation must be
+        set first. Without hidden layers the network is the linear model itself.
+        """
+        beta = torch.as_tensor(beta, dtype=torch.float64)
+        beta0 = torch.as_tensor(beta0, dtype=torch.float64)
+        z0, s0, d0, amplitude = _LINEAR_POINT[self.activation]
+        for e, net in enumerate(self.nets):
+            el = e if self.layout.per_element_networks else 0
+            bx = beta[el] * self.scale[el].double()  # weights on the standardised inputs
+            c = float(beta[el] @ self.shift[el].double() + beta0[el])  # u = bx . x + c - beta0
+            layers = net.layers
+            first = layers[0]
+            if len(layers) == 1:  # no hidden layer: the linear model exactly
+                first.weight.zero_()
+                first.weight[0, : self.num_desc] = bx
+                first.bias.fill_(c)
+                continue
+            lo, hi = float(u_min[el]), float(u_max[el])
+            mid = 0.5 * (lo + hi)
+            eps = amplitude / max(0.5 * (hi - lo), 1e-12)
+            # layer 1: z = z0 + eps (u - mid), u = beta . B (the standardised form of it)
+            first.weight[0].zero_()
+            first.weight[0, : self.num_desc] = eps * bx
+            first.bias[0] = z0 + eps * (c - float(beta0[el]) - mid)
+            for layer in layers[1:-1]:  # the next layers pass (h - s0) / d0 on, alone
+                layer.weight[0].zero_()
+                layer.weight[0, 0] = 1.0 / d0
+                layer.bias[0] = z0 - s0 / d0
+            out = layers[-1]
+            out.weight.zero_()
+            out.weight[0, 0] = 1.0 / (d0 * eps)
+            out.bias.fill_(float(beta0[el]) + mid - s0 / (d0 * eps))
+
+    def hold_linear_path(self):
+        """Keep the linear path of ``start_from_linear`` fixed: its weights get zero gradients
+        (their optimiser steps are then zero too). Returns the hook handles."""
+        handles = []
+        for net in self.nets:
+            layers = net.layers
+            if len(layers) == 1:
+                continue
+            for li, layer in enumerate(layers):
+                for name, p in (("weight", layer.weight), ("bias", layer.bias)):
+                    mask = torch.ones_like(p)
+                    if li < len(layers) - 1:
+                        mask[0] = 0.0  # neuron 0's inputs and bias
+                    elif name == "weight":
+                        mask[0, 0] = 0.0  # the output weight of neuron 0
+                    else:
+                        continue  # the output bias keeps learning (an energy offset)
+                    handles.append(p.register_hook(lambda g, m=mask: g * m.to(g.dtype)))
+        return handles
 
     def standardised_energy_and_gradient(self, x, element_counts=None, need_gradient=True):
         """Per-atom energies (A,) and dE/dx (A, K) for standardised inputs ``x``.

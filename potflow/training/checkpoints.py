@@ -136,12 +136,16 @@ def checkpoint_record(fit):
         "model_hash": fit.model_hash,
         "run_hash": fit.run_hash,
         "early_stopping": fit.selection.early_stopping_state(),
+        "linear_path_held": fit.linear_path_held,
+        "optimizer_kind": fit.settings["optimizer"],
     }
 
 
 def restore_optimisation(rec, optimizer, scheduler, shuffle, device):
-    """Optimiser, schedule and random streams continue where the checkpoint ``rec`` stopped."""
-    optimizer.load_state_dict(rec["optimizer"])
+    """Optimiser (unless None), schedule and random streams continue where the checkpoint
+    ``rec`` stopped."""
+    if optimizer is not None:
+        optimizer.load_state_dict(rec["optimizer"])
     if scheduler is not None and rec.get("scheduler") is not None:
         scheduler.load_state_dict(rec["scheduler"])
     shuffle.set_state(rec["rng"]["shuffle"])

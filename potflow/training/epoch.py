@@ -2,6 +2,10 @@
 
 Under torchrun each rank takes its share of every global batch; its loss is divided by the
 whole batch's size, so the gradients summed across ranks are those of the batch mean.
+
+With ``optimizer: lbfgs`` an epoch is one L-BFGS iteration on the whole training set: each
+evaluation of the loss (the line search may ask for several) is one pass over all training
+configurations, in memory or streamed, with the gradients summed over batches and ranks.
 """
 
 import math
@@ -12,7 +16,7 @@ import torch
 from potflow.errors import PotflowInputError
 from potflow.training import collectives
 from potflow.training.datasets import batch_sizes
-from potflow.training.loss import batch_loss_sum, set_loss
+from potflow.training.loss import batch_loss_sum, big_batch, set_loss
 
 
 def epoch_order(fit):
@@ -65,9 +69,39 @@ def train_one_epoch(fit, epoch):
     return train_loss
 
 
+def full_batch_loss(fit):
+    """L over the whole training set with its gradient (all ranks' shares summed), as a tensor."""
+    model, store = fit.model, fit.stores.train
+    model.train()
+    fit.optimizer.zero_grad()
+    n_total = len(fit.train_set)
+    total = torch.zeros((), dtype=fit.dtype, device=fit.device)
+    if len(store):
+        # a memory store: the whole share in one batch; a streamed one: chunk-sized batches
+        batch = big_batch(store, fit.settings["batch_size"]) if store.streaming else len(store)
+        for prepared, batches in store.epoch(np.arange(len(store)), batch):
+            for b in batches:
+                loss = batch_loss_sum(model, b, prepared.grad) / n_total
+                loss.backward()
+                total += loss.detach()
+    collectives.all_reduce_gradients(list(model.parameters()))
+    return torch.tensor(collectives.sum_across([total], fit.device)[0])
+
+
+def train_lbfgs_epoch(fit, epoch):
+    """One L-BFGS iteration (strong Wolfe line search) on the full training set; its loss."""
+    loss = float(fit.optimizer.step(lambda: full_batch_loss(fit)))
+    if not math.isfinite(loss):
+        raise PotflowInputError(
+            "config", f"config field 'pytorch.optimizer': lbfgs diverged (loss {loss}) at epoch {epoch}; "
+            "use adam with a small learning_rate"
+        )
+    return loss
+
+
 def run_epoch(fit, epoch):
     """One epoch: training pass, validation loss, model selection, schedule step."""
-    train_loss = train_one_epoch(fit, epoch)
+    train_loss = train_lbfgs_epoch(fit, epoch) if fit.settings["optimizer"] == "lbfgs" else train_one_epoch(fit, epoch)
     val_loss = validation_loss(fit)
     fit.history.append([float(epoch), train_loss, val_loss])
     fit.epochs_done = epoch + 1

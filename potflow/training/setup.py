@@ -1,8 +1,9 @@
 """Everything a fit needs before its first epoch: device, data, model, optimiser and stores.
 
-``setup_fit`` builds a ``Fit``: a new model (standardised on the training set) or the state a
-fit resumes or restarts from, the optimiser and schedule, and the stores that hold (or stream)
-this process's share of the training and validation configurations.
+``setup_fit`` builds a ``Fit``: a new model (standardised on the training set, started from the
+linear SNAP fit with ``linear_start``) or the state a fit resumes or restarts from, the
+optimiser (``optimizer``: adam, or full-batch lbfgs) and schedule, and the stores that hold (or
+stream) this process's share of the training and validation configurations.
 """
 
 import os
@@ -24,6 +25,7 @@ from potflow.training.checkpoints import (
     start_state,
 )
 from potflow.training.datasets import ConfigSet, FitData
+from potflow.training.linear_start import start_from_linear_fit
 from potflow.training.loss import big_batch
 from potflow.training.selection import ModelSelection
 from potflow.training.stores import make_store
@@ -80,6 +82,7 @@ class Fit:
     history: list = field(default_factory=list)
     stores: "TrainingStores | None" = None
     last_state: dict | None = None  # the last epoch's weights, once the fit has ended
+    linear_path_held: bool = False  # the network's linear path (linear_start) is held fixed
 
     @property
     def settings(self):
@@ -107,6 +110,18 @@ def resolve_device(name, ranks=None):
             )
         dev = torch.device("cuda", ranks.local_rank)
     return dev
+
+
+def make_optimizer(model, tcfg):
+    """Adam (minibatches, ``learning_rate``) or L-BFGS (one full-batch step per epoch, strong
+    Wolfe line search: no learning rate to choose)."""
+    if tcfg["optimizer"] == "lbfgs":
+        return torch.optim.LBFGS(
+            model.parameters(), lr=1.0, max_iter=1, max_eval=25, history_size=tcfg["lbfgs_history"],
+            line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0,
+        )  # fmt: skip
+    # the fused step is one kernel per step (much less Python overhead at small batches)
+    return torch.optim.Adam(model.parameters(), lr=tcfg["learning_rate"], fused=True)
 
 
 def make_scheduler(optimizer, cfg):
@@ -170,7 +185,10 @@ def setup_fit(cfg, folders, resume, stream=None):
     if rec is None:
         if ranks.main:  # statistics of the whole training set; the other ranks receive them
             model.set_standardisation_moments(*train_set.moments())
-            model.set_energy_offsets(*train_set.energy_offsets())
+            if tcfg["linear_start"]:
+                print(start_from_linear_fit(model, train_set))
+            else:
+                model.set_energy_offsets(*train_set.energy_offsets())
     elif is_checkpoint(rec):
         model.load_state_dict(rec["model"]["state_dict"])
         start.epochs_done = int(rec["epochs_done"])
@@ -182,14 +200,28 @@ def setup_fit(cfg, folders, resume, stream=None):
         start.epochs_done = int(rec.get("info", {}).get("epochs_trained", 0))
     model.to(device=device, dtype=dtype)
     collectives.broadcast_module(model)  # rank 0's weights, shift and scale on every rank
+    # a new fit started linear holds its linear path fixed, and so does any continuation of it
+    if rec is None:
+        held = bool(tcfg["linear_start"]) and model.supports_linear_start()
+    else:
+        held = is_checkpoint(rec) and bool(rec.get("linear_path_held", False))
+    if held:
+        model.hold_linear_path()
 
-    # the fused step is one kernel per step (much less Python overhead at small batches)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg["learning_rate"], fused=True)
-    scheduler = make_scheduler(optimizer, cfg)
+    optimizer = make_optimizer(model, tcfg)
+    # L-BFGS's line search picks every step length: no learning rate to schedule
+    scheduler = make_scheduler(optimizer, cfg) if tcfg["optimizer"] == "adam" else None
+    if tcfg["optimizer"] == "lbfgs" and tcfg["scheduler"]["type"] != "none":
+        print(f"config field 'pytorch.scheduler': {tcfg['scheduler']['type']} is not used with optimizer lbfgs")
     shuffle = torch.Generator().manual_seed(seed)
     if is_checkpoint(rec):
-        restore_optimisation(rec, optimizer, scheduler, shuffle, device)
-        if loaded_input and scheduler is None:
+        # a restart with the other optimiser (save_state_input) starts it afresh
+        same_kind = rec.get("optimizer_kind", "adam") == tcfg["optimizer"]
+        if not same_kind:
+            kind = rec.get("optimizer_kind", "adam")
+            print(f"{source}: its optimiser state is {kind}'s; {tcfg['optimizer']} starts afresh")
+        restore_optimisation(rec, optimizer if same_kind else None, scheduler, shuffle, device)
+        if loaded_input and scheduler is None and tcfg["optimizer"] == "adam":
             for group in optimizer.param_groups:  # an explicit restart takes the config's rate
                 group["lr"] = tcfg["learning_rate"]
 
@@ -197,7 +229,7 @@ def setup_fit(cfg, folders, resume, stream=None):
         cfg=cfg, ranks=ranks, device=device, dtype=dtype, data=data, train_set=train_set,
         val_set=val_set, model=model, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle,
         seed=seed, model_hash=model_hash, run_hash=run_hash, start=start, selection=selection,
-        epochs_done=start.epochs_done, history=history,
+        epochs_done=start.epochs_done, history=history, linear_path_held=held,
     )  # fmt: skip
     fit.stores = make_stores(fit, stream)
     return fit
