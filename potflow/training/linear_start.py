@@ -15,21 +15,23 @@ from potflow.training.datasets import concat_ranges
 
 
 def linear_fit_of(train_set):
-    """``LinearCoefficients`` of the weighted linear fit on a ConfigSet's configurations; beta0
-    includes the config's eshift (the training targets' convention)."""
+    """``LinearCoefficients`` of the weighted linear fit (energies, forces and stresses) on a
+    ConfigSet's configurations; beta0 includes the config's eshift (the training targets'
+    convention)."""
     data, t = train_set.data, train_set.data.table
-    select, e_weights, f_weights = [], [], []
+    select, e_weights, f_weights, v_weights = [], [], [], []
     for gid, g in enumerate(data.groups):
         ids = train_set.ids[train_set.gid == gid]
         local = t["index"][ids]
         mask = np.zeros(len(g.natoms), bool)
         mask[local] = True
-        we, wf = np.zeros(len(g.natoms)), np.zeros(len(g.natoms))
-        we[local], wf[local] = t["ew"][ids], t["fw"][ids]
+        we, wf, wv = np.zeros(len(g.natoms)), np.zeros(len(g.natoms)), np.zeros(len(g.natoms))
+        we[local], wf[local], wv[local] = t["ew"][ids], t["fw"][ids], t["vw"][ids]
         select.append(mask)
         e_weights.append(we)
         f_weights.append(wf)
-    coef = fit_linear([g.folder for g in data.groups], select, e_weights, f_weights)
+        v_weights.append(wv)
+    coef = fit_linear([g.folder for g in data.groups], select, e_weights, f_weights, virial_weights=v_weights)
     eshift = data.cfg["eshift"]
     coef.beta0 = coef.beta0 + np.array([float(eshift.get(el, 0.0)) for el in data.elements])
     return coef
