@@ -128,7 +128,7 @@ def test_mae(cfg, folders, paths, weighted):
 def interleaved_epochs(plain, f_plain, stressed, f_stress, work, epochs):
     """Median seconds per training epoch without and with stresses, timed in turns (the same
     machine load for both)."""
-    from potflow.training.epoch import train_one_epoch
+    from potflow.training.epoch import run_epoch
     from potflow.training.setup import setup_fit
 
     fits = [setup_fit(cfg, list(f.values()), work / f"absent_{k}.pt") for k, (cfg, f) in enumerate(((plain, f_plain), (stressed, f_stress)))]
@@ -136,7 +136,7 @@ def interleaved_epochs(plain, f_plain, stressed, f_stress, work, epochs):
     for epoch in range(epochs):
         for k, fit in enumerate(fits):
             t0 = time.perf_counter()
-            train_one_epoch(fit, epoch)
+            run_epoch(fit, epoch)
             times[k].append(time.perf_counter() - t0)
     return [float(np.median(t)) for t in times]
 
@@ -205,9 +205,9 @@ def main():
         results[label] = (mae, model)
         print(
             f"{label} stresses: "
-            f"{np.median(seconds):.3f} s/epoch (median of {len(seconds)}); test MAE energy {mae['Energy']:.5f} eV/atom, "
-            f"force {mae['Force']:.5f} eV/A, stress {mae['Stress']:.1f} bar (all groups), "
-            f"{mae['Stress_weighted']:.1f} bar (groups with a virial weight)"
+            f"{np.median(seconds):.3f} s/epoch (median of {len(seconds)}); test MAE energy {mae['Energy']:.4g} eV/atom, "
+            f"force {mae['Force']:.4g} eV/A, stress {mae['Stress']:.4g} bar (all groups), "
+            f"{mae['Stress_weighted']:.4g} bar (groups with a virial weight)"
         )
     (m0, _), (m1, _) = results["without"], results["with"]
     print(

@@ -70,5 +70,5 @@ def start_from_linear_fit(model, train_set):
     model.start_from_linear(coef.beta, coef.beta0, lo, hi)
     return (
         f"linear_start: network set to the linear SNAP fit of the training configurations "
-        f"(rank {coef.rank}, {coef.energy_rows} energy and {coef.force_rows} force rows)"
+        f"(rank {coef.rank}, {coef.energy_rows} energy, {coef.force_rows} force and {coef.stress_rows} stress rows)"
     )
