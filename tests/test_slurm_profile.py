@@ -248,16 +248,21 @@ def test_interrupt_cancels_the_jobs(repo_root, shared_data, tmp_path):
     workdir, state = tmp_path / "run", tmp_path / "slurm"
     copy_tiny_groups(shared_data, workdir / "data", {"Liquid": 1, "Volume_FCC": 1})
     write_config(workdir / "config.yaml", tiny_config())
-    proc = subprocess.Popen(
-        _snakemake_cmd(repo_root, workdir), cwd=workdir, env=_standin_env(state),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    # the jobs wait 30 s in the queue, and Ctrl-C comes once Snakemake has both job ids: without
+    # either, a loaded machine lets the jobs end, or the signal come, before there is anything to cancel
+    log = tmp_path / "snakemake.out"
+    with open(log, "w") as out_file:
+        proc = subprocess.Popen(
+            _snakemake_cmd(repo_root, workdir), cwd=workdir, env={**_standin_env(state), "STANDIN_START_DELAY": "30"},
+            stdout=out_file, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
     try:
-        deadline = time.time() + 60
-        while len(list((state / "jobs").glob("*.json"))) < 2 and time.time() < deadline:
+        deadline = time.time() + 120
+        while log.read_text().count("has been submitted with SLURM jobid") < 2 and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        out = log.read_text()
     finally:
         proc.kill()
         _kill_leftovers(state)

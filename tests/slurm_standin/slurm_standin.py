@@ -182,7 +182,9 @@ def job_environment(job):
 
 
 def run_job(jobid):
-    """The background half of sbatch: run the job script, record how it ended."""
+    """The background half of sbatch: run the job script, record how it ended.
+    ``STANDIN_START_DELAY`` (seconds): how long a job waits in the queue (PENDING) first."""
+    time.sleep(float(os.environ.get("STANDIN_START_DELAY", "0")))
     with jobs_locked():
         job = read_job(jobid)
         if job["state"] == "CANCELLED":
