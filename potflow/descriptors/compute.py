@@ -85,7 +85,7 @@ class SnapResult:
 def model_stress(dedb, virial, volume):
     """Pressure tensor (6,) in bar, LAMMPS's sign, of E = sum_i E(B_i) from dE/dB (N, K) and
     dB/d(strain) (N, 6, K): P = -(1/V) dE/d(strain)."""
-    return -EV_PER_A3_IN_BAR / volume * np.einsum("ik,ivk->v", dedb, virial)
+    return model_stress_batch(dedb, virial, [volume], [len(dedb)])[0]
 
 
 def model_stress_batch(dedb, virial, volume, natoms):
