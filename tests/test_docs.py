@@ -499,8 +499,9 @@ def test_example_runs_to_the_end(example):
     stated = [float(x) for x in re.search(pattern, (ROOT / page).read_text()).groups()]
     rows = [line.split() for line in (fit / "metrics.dat").read_text().splitlines()]
     got = [float(r[4]) for prop in ("Energy", "Force") for r in rows if r[:3] == ["*ALL", "Test", prop]]
-    # within 10 %, or within 1e-5 for errors at round-off level (the linear start's ~1e-6)
-    assert got == pytest.approx(stated, rel=0.1, abs=1e-5), f"{page} states test MAE {stated}, the run gives {got}"
+    # within 10 %, or within 2e-6 for errors at the float32 floor (the linear start's ~1e-6,
+    # which another CPU's rounding may move by a fraction of itself)
+    assert got == pytest.approx(stated, rel=0.1, abs=2e-6), f"{page} states test MAE {stated}, the run gives {got}"
 
 
 @pytest.mark.slow
