@@ -513,3 +513,38 @@ def test_network_on_bundled_subset_is_at_least_as_accurate_as_the_linear_fit(rep
     mae = [np.concatenate(x).mean() for x in (net_e, lin_e, net_f, lin_f)]
     assert len(np.concatenate(net_e)) >= 8
     assert mae[0] <= mae[1] + 1e-3 and mae[2] <= mae[3] + 1e-2, mae
+
+
+@pytest.mark.parametrize("linear_start", [0, 1])
+def test_weight_decay_adds_half_lambda_w_squared_and_its_gradient(ta, tmp_path, linear_start):
+    """``weight_decay`` λ: the minimised loss is the data loss + λ/2 Σ W² over the weight matrices
+    (not the biases), and each weight's gradient grows by λW — except the held linear path, whose
+    gradients stay zero. Fails if the penalty is left out (or counts biases, or is added before
+    the ranks' gradients are summed and so scaled by the ranks), or if it moves the held path."""
+    from potflow.training.epoch import full_batch_loss
+    from potflow.training.setup import make_stores, setup_fit
+
+    cfg, folders = ta
+    decay = 0.3
+
+    def loss_and_grads(weight_decay):
+        c = with_pytorch(cfg, weight_decay=weight_decay, linear_start=linear_start, dtype="float64")
+        fit = setup_fit(c, folders, tmp_path / "none.pt")
+        fit.stores = make_stores(fit)
+        loss = float(full_batch_loss(fit))
+        return fit.model, loss, {n: p.grad.clone() for n, p in fit.model.named_parameters()}
+
+    model, plain, g0 = loss_and_grads(0.0)
+    _, decayed, g1 = loss_and_grads(decay)
+    weights = {n: p.detach() for n, p in model.named_parameters() if n.endswith("weight")}
+    assert decayed - plain == pytest.approx(0.5 * decay * sum(float((w * w).sum()) for w in weights.values()), rel=1e-12)
+    free = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    if linear_start:  # the held linear path: neuron 0's inputs and bias, and its output weight
+        for e, net in enumerate(model.nets):
+            last = len(net.layers) - 1
+            for li in range(last):
+                free[f"nets.{e}.layers.{li}.weight"][0] = 0.0
+            free[f"nets.{e}.layers.{last}.weight"][0, 0] = 0.0
+    for name, p in model.named_parameters():
+        expected = g0[name] + (decay * p.detach() * free[name] if name in weights else 0.0)
+        torch.testing.assert_close(g1[name], expected, rtol=1e-12, atol=1e-14)

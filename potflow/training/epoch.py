@@ -16,7 +16,7 @@ import torch
 from potflow.errors import PotflowInputError
 from potflow.training import collectives
 from potflow.training.datasets import batch_sizes
-from potflow.training.loss import batch_loss_sum, big_batch, set_loss
+from potflow.training.loss import batch_loss_sum, big_batch, set_loss, weight_penalty
 
 
 def epoch_order(fit):
@@ -39,6 +39,17 @@ def validation_loss(fit):
     return set_loss(fit.model, fit.stores.val, len(fit.val_set), fit.stores.val_batch, fit.device)
 
 
+def add_weight_penalty(fit):
+    """Add the weight-decay term's gradient (after the ranks' gradients are summed, so each rank
+    adds the same once); its value, 0.0 without weight decay."""
+    decay = fit.settings["weight_decay"]
+    if not decay:
+        return 0.0
+    penalty = weight_penalty(fit.model, decay)
+    penalty.backward()
+    return float(penalty.detach())
+
+
 def train_one_epoch(fit, epoch):
     """Train one pass over the training set; return its batch-averaged training loss."""
     model, device = fit.model, fit.device
@@ -58,6 +69,7 @@ def train_one_epoch(fit, epoch):
             loss.backward()
             loss_sum += loss.detach()
         collectives.all_reduce_gradients(params)
+        add_weight_penalty(fit)
         fit.optimizer.step()
     batches.close()
     train_loss = collectives.sum_across([loss_sum], device)[0] / len(sizes)
@@ -85,7 +97,8 @@ def full_batch_loss(fit):
                 loss.backward()
                 total += loss.detach()
     collectives.all_reduce_gradients(list(model.parameters()))
-    return torch.tensor(collectives.sum_across([total], fit.device)[0])
+    # the line search compares these values: keep them in the fit's dtype (float64 fits too)
+    return torch.tensor(collectives.sum_across([total], fit.device)[0] + add_weight_penalty(fit), dtype=fit.dtype)
 
 
 def train_lbfgs_epoch(fit, epoch):

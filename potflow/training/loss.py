@@ -7,6 +7,9 @@ Loss of a batch of M configurations (targets after the reference potential and e
 
 with S the 6 Voigt components (xx yy zz yz xz xy) of the pressure tensor in bar (FitSNAP JSON's
 unit and sign; the stress term exists only in a fit with stresses).
+
+``pytorch.weight_decay`` (lambda) adds lambda/2 sum W^2 over the networks' weight matrices (not
+their biases) to the loss that is minimised: L2 regularisation, torch's weight-decay convention.
 """
 
 import numpy as np
@@ -40,6 +43,12 @@ def batch_loss_sum(model, batch, grad):
     if stress_term is not None:
         total = total + stress_term
     return total
+
+
+def weight_penalty(model, weight_decay):
+    """lambda/2 sum W^2 over the weight matrices of the model's networks (0-d tensor, with graph)."""
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    return 0.5 * weight_decay * sum((w * w).sum() for w in weights)
 
 
 @torch.no_grad()
