@@ -518,9 +518,10 @@ def test_network_on_bundled_subset_is_at_least_as_accurate_as_the_linear_fit(rep
 @pytest.mark.parametrize("linear_start", [0, 1])
 def test_weight_decay_adds_half_lambda_w_squared_and_its_gradient(ta, tmp_path, linear_start):
     """``weight_decay`` λ: the minimised loss is the data loss + λ/2 Σ W² over the weight matrices
-    (not the biases), and each weight's gradient grows by λW — except the held linear path, whose
-    gradients stay zero. Fails if the penalty is left out (or counts biases, or is added before
-    the ranks' gradients are summed and so scaled by the ranks), or if it moves the held path."""
+    (not the biases), and each weight's gradient grows by λW — except on the held linear path,
+    which is left out of the penalty and whose gradients stay zero. Fails if the penalty is left
+    out, counts biases, counts the held path (its large output weight made a constant that
+    stalled float32 line searches), or moves the held path."""
     from potflow.training.epoch import full_batch_loss
     from potflow.training.setup import make_stores, setup_fit
 
@@ -537,7 +538,6 @@ def test_weight_decay_adds_half_lambda_w_squared_and_its_gradient(ta, tmp_path, 
     model, plain, g0 = loss_and_grads(0.0)
     _, decayed, g1 = loss_and_grads(decay)
     weights = {n: p.detach() for n, p in model.named_parameters() if n.endswith("weight")}
-    assert decayed - plain == pytest.approx(0.5 * decay * sum(float((w * w).sum()) for w in weights.values()), rel=1e-12)
     free = {n: torch.ones_like(p) for n, p in model.named_parameters()}
     if linear_start:  # the held linear path: neuron 0's inputs and bias, and its output weight
         for e, net in enumerate(model.nets):
@@ -545,6 +545,8 @@ def test_weight_decay_adds_half_lambda_w_squared_and_its_gradient(ta, tmp_path, 
             for li in range(last):
                 free[f"nets.{e}.layers.{li}.weight"][0] = 0.0
             free[f"nets.{e}.layers.{last}.weight"][0, 0] = 0.0
+    penalty = sum(float(((w * free[n]) ** 2).sum()) for n, w in weights.items())
+    assert decayed - plain == pytest.approx(0.5 * decay * penalty, rel=1e-12)
     for name, p in model.named_parameters():
         expected = g0[name] + (decay * p.detach() * free[name] if name in weights else 0.0)
         torch.testing.assert_close(g1[name], expected, rtol=1e-12, atol=1e-14)

@@ -226,10 +226,11 @@ class AtomicEnergyModel(nn.Module):
             out.weight[0, 0] = 1.0 / (d0 * eps)
             out.bias.fill_(float(beta0[el]) + mid - s0 / (d0 * eps))
 
-    def hold_linear_path(self):
-        """Keep the linear path of ``start_from_linear`` fixed: its weights get zero gradients
-        (their optimiser steps are then zero too). Returns the hook handles."""
-        handles = []
+    def linear_path_masks(self):
+        """{parameter: mask}: 0 on the linear path of ``start_from_linear`` (neuron 0's inputs and
+        bias in every hidden layer, and its output weight), 1 elsewhere; networks without a
+        hidden layer have none."""
+        masks = {}
         for net in self.nets:
             layers = net.layers
             if len(layers) == 1:
@@ -243,8 +244,13 @@ class AtomicEnergyModel(nn.Module):
                         mask[0, 0] = 0.0  # the output weight of neuron 0
                     else:
                         continue  # the output bias keeps learning (an energy offset)
-                    handles.append(p.register_hook(lambda g, m=mask: g * m.to(g.dtype)))
-        return handles
+                    masks[p] = mask
+        return masks
+
+    def hold_linear_path(self):
+        """Keep the linear path of ``start_from_linear`` fixed: its weights get zero gradients
+        (their optimiser steps are then zero too). Returns the hook handles."""
+        return [p.register_hook(lambda g, m=mask: g * m.to(g.dtype)) for p, mask in self.linear_path_masks().items()]
 
     def standardised_energy_and_gradient(self, x, element_counts=None, need_gradient=True):
         """Per-atom energies (A,) and dE/dx (A, K) for standardised inputs ``x``.

@@ -45,10 +45,17 @@ def batch_loss_sum(model, batch, grad):
     return total
 
 
-def weight_penalty(model, weight_decay):
-    """lambda/2 sum W^2 over the weight matrices of the model's networks (0-d tensor, with graph)."""
-    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
-    return 0.5 * weight_decay * sum((w * w).sum() for w in weights)
+def weight_penalty(model, weight_decay, held_linear_path=False):
+    """lambda/2 sum W^2 over the weight matrices of the model's networks (0-d tensor, with graph);
+    with ``held_linear_path`` the fixed linear path is left out (its output weight is large, and
+    a large constant in the loss drowns the line search's differences in float32)."""
+    masks = model.linear_path_masks() if held_linear_path else {}
+    total = 0.0
+    for name, w in model.named_parameters():
+        if name.endswith("weight"):
+            w = w * masks[w] if w in masks else w
+            total = total + (w * w).sum()
+    return 0.5 * weight_decay * total
 
 
 @torch.no_grad()
