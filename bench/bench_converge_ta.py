@@ -2,7 +2,8 @@
 defaults and the exact linear fit, back to back in one run, FitSNAP's Ta settings and split.
 
     python bench/bench_converge_ta.py [--epochs 400] [--fitsnap-epochs 200] [--work /tmp/potflow_bench_ta]
-        [--plot docs/images/ta_accuracy_vs_time.png] [--extra '{"optimizer": "adam"}'] [--no-fitsnap]
+        [--plot docs/images/ta_accuracy_vs_time.png] [--extra '{"optimizer": "adam"}'] [--label TEXT]
+        [--compare '{...}' --compare-label TEXT] [--committee K --committee-epochs N] [--no-fitsnap]
 
 FitSNAP runs through ../shared/fitsnap/run_fitsnap.sh (run setup_fitsnap.sh once first); its
 training time is its own ``fit`` timer. potflow trains once for --epochs in a fresh process; after
@@ -10,7 +11,10 @@ every epoch the model that ``model_selection: best`` would pick at that point is
 wall time since ``train`` was called (setup, linear solve and data preparation included), and
 the kept models are evaluated on the test split afterwards (outside the timing). Prints both
 targets of issue 13: the time to reach FitSNAP's test MAE (energy and force) as a fraction of
-FitSNAP's training time, and potflow's errors at FitSNAP's training time.
+FitSNAP's training time, and potflow's errors at FitSNAP's training time. ``--committee K`` also trains K networks with the --extra settings and
+seeds 0..K-1 for --committee-epochs each, one after the other, and reports the test errors of
+their mean (the K networks side by side in one wider network: first layers stacked, hidden
+layers block-diagonal, output weights averaged) against the K trainings' summed time.
 """
 
 import argparse
@@ -133,17 +137,72 @@ def child(args):
     print(json.dumps({"curve": curve, "linear": [lin_s, le, lf], "split_sha": split_sha, "settings": {k: cfg["pytorch"][k] for k in ("optimizer", "linear_start", "layer_sizes", "activation", "dtype")}}))
 
 
-def plot(path, fitsnap, runs, linear):
+def committee_mean(models):
+    """One network whose energy is the mean of ``models``' (same inputs and standardisation):
+    the first layers stacked, the hidden layers block-diagonal, the output weights averaged."""
+    import copy
+
+    import torch
+
+    mean = copy.deepcopy(models[0])
+    for e, net in enumerate(mean.nets):
+        stacks = [m.nets[e].layers for m in models]
+        last = len(net.layers) - 1
+        for li in range(last + 1):
+            weights = [layers[li].weight.data for layers in stacks]
+            biases = [layers[li].bias.data for layers in stacks]
+            if li == last:
+                w, b = torch.cat(weights, 1) / len(models), sum(biases) / len(models)
+            else:
+                w = torch.cat(weights, 0) if li == 0 else torch.block_diag(*weights)
+                b = torch.cat(biases)
+            layer = torch.nn.Linear(w.shape[1], w.shape[0]).to(w.dtype)
+            layer.weight.data, layer.bias.data = w.clone(), b.clone()
+            net.layers[li] = layer
+    return mean
+
+
+def committee_child(args):
+    """K trainings with seeds 0..K-1; prints JSON: each member's (seconds, E, F), the mean's."""
+    import potflow.training.loop as loop
+    from potflow.config.load import prepare_config
+    from potflow.models.files import load_model
+
+    folders = json.loads(args.folders)
+    members, models, total = [], [], 0.0
+    for seed in range(args.committee):
+        cfg = dict(CONFIG, path={"dataPath": str(DATA)})
+        extra = {**json.loads(args.extra), "seed": seed}
+        cfg["pytorch"] = dict(CONFIG["pytorch"], num_epochs=args.committee_epochs, threads=1, **extra)
+        cfg = prepare_config(cfg)
+        out = Path(args.work) / f"committee_{seed}"
+        paths = loop.TrainPaths(out / "model.pt", out / "ckpt.pt", out / "loss.dat", out / "split.tsv", out / "resume.pt")
+        for stale in (paths.checkpoint, paths.resume):
+            stale.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        loop.train(cfg, folders, paths, progress=False)
+        total += time.perf_counter() - t0
+        model, _ = load_model(paths.model)
+        models.append(model)
+        members.append((total, *mae_of_model(cfg, folders, load_model(paths.model)[0])[:2]))
+    e, f, _ = mae_of_model(cfg, folders, committee_mean(models))
+    print(json.dumps({"members": members, "mean": [total, e, f]}))
+
+
+def plot(path, fitsnap, runs, linear, committee=None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
     for ax, col, name, unit in ((axes[0], 2, "energy", "eV/atom"), (axes[1], 3, "force", "eV/Å")):
         for label, curve in runs:
             ax.plot([c[0] for c in curve], [c[col] for c in curve], "o-", ms=3, label=label)
         ax.plot([linear[0]], [linear[col - 1]], "s", ms=8, label="linear SNAP fit (exact solve)")
+        if committee:
+            k, mean = committee
+            ax.plot([mean[0]], [mean[col - 1]], "D", ms=8, label=f"mean of {k} such networks (seeds 0..{k - 1})")
         ax.plot([fitsnap["fit_s"]], [fitsnap["E" if col == 2 else "F"]], "*", ms=14,
                 label=f"FitSNAP 3.1, {fitsnap['epochs']} epochs")  # fmt: skip
         ax.set_xscale("log")
@@ -151,9 +210,10 @@ def plot(path, fitsnap, runs, linear):
         ax.set_xlabel("training time (s, one core)")
         ax.set_ylabel(f"test {name} MAE ({unit})")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle("Ta (FitSNAP's Ta_PyTorch_NN settings and split): accuracy against training time")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
@@ -164,7 +224,11 @@ def main():
     ap.add_argument("--fitsnap-epochs", type=int, default=200)
     ap.add_argument("--work", default="/tmp/potflow_bench_ta")
     ap.add_argument("--extra", default="{}", help="JSON of pytorch settings for potflow's run")
+    ap.add_argument("--label", default="potflow defaults", help="the --extra run's name in the output and plot")
     ap.add_argument("--compare", default=None, help="JSON of pytorch settings for a second potflow run (e.g. FitSNAP's training)")
+    ap.add_argument("--compare-label", default=None, help="the --compare run's name")
+    ap.add_argument("--committee", type=int, default=0, help="also train K networks (--extra, seeds 0..K-1), report their mean")
+    ap.add_argument("--committee-epochs", type=int, default=250)
     ap.add_argument("--plot", default=None)
     ap.add_argument("--no-fitsnap", action="store_true", help="use the figures of --fitsnap-result instead of running FitSNAP")
     ap.add_argument("--fitsnap-result", default='{"fit_s": 40.0, "E": 0.0606, "F": 0.0682}')
@@ -172,7 +236,7 @@ def main():
     ap.add_argument("--folders", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args)
+        return committee_child(args) if args.committee else child(args)
     print(f"uptime before: {os.popen('uptime').read().strip()}")
     if args.no_fitsnap:
         fs = {**json.loads(args.fitsnap_result), "epochs": args.fitsnap_epochs}
@@ -185,7 +249,8 @@ def main():
         print(f"uptime after FitSNAP: {os.popen('uptime').read().strip()}")
     folders = split_folders(Path(args.work))
     runs = []
-    for label, extra in [("potflow defaults", args.extra), ("potflow " + (args.compare or ""), args.compare)]:
+    compare_label = args.compare_label or f"potflow {args.compare} (FitSNAP's training)"
+    for label, extra in [(args.label, args.extra), (compare_label, args.compare)]:
         if extra is None:
             continue
         cmd = [sys.executable, __file__, "--child", "--epochs", str(args.epochs), "--work", args.work,
@@ -195,7 +260,7 @@ def main():
             sys.exit(out.stderr[-3000:])
         res = json.loads(out.stdout.strip().splitlines()[-1])
         curve, linear = res["curve"], res["linear"]
-        runs.append((label if extra == args.extra else f"potflow {extra} (FitSNAP's training)", curve))
+        runs.append((label, curve))
         print(f"{runs[-1][0]} ({res['settings']}), test split_sha {res['split_sha']}, uptime {os.popen('uptime').read().strip()}")
         print("  seconds  epoch  test E MAE (eV/atom)  test F MAE (eV/A)")
         for s, ep, e, f in curve:
@@ -214,8 +279,23 @@ def main():
             print(f"  at FitSNAP's training time ({s:.1f} s, epoch {ep}): energy {e:.4f} ({1 - e / fs['E']:+.0%} better), "
                   f"force {f:.4f} ({1 - f / fs['F']:+.0%} better) (target: both >= 30 % better)")  # fmt: skip
     print(f"linear fit: solve {linear[0]:.2f} s, test MAE {linear[1]:.4f} eV/atom {linear[2]:.4f} eV/A")
+    committee = None
+    if args.committee:
+        cmd = [sys.executable, __file__, "--child", "--work", args.work, "--folders", json.dumps(folders),
+               "--extra", args.extra, "--committee", str(args.committee), "--committee-epochs", str(args.committee_epochs)]  # fmt: skip
+        out = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(out.stderr[-3000:])
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        committee = (args.committee, res["mean"])
+        print(f"committee of {args.committee} ({args.extra}, {args.committee_epochs} epochs each), uptime {os.popen('uptime').read().strip()}")
+        for k, (s, e, f) in enumerate(res["members"]):
+            print(f"  member {k}: test MAE {e:.4f} eV/atom {f:.4f} eV/A (cumulative training {s:.1f} s)")
+        s, e, f = res["mean"]
+        print(f"  their mean (one network): test MAE {e:.4f} eV/atom ({1 - e / fs['E']:+.0%} better than FitSNAP), "
+              f"{f:.4f} eV/A ({1 - f / fs['F']:+.0%} better), after {s:.1f} s of training = {s / fs['fit_s']:.0%} of FitSNAP's")  # fmt: skip
     if args.plot:
-        plot(args.plot, fs, runs, linear)
+        plot(args.plot, fs, runs, linear, committee)
         print(f"plot: {args.plot}")
 
 
