@@ -43,6 +43,54 @@ def batch_loss_sum(model, batch, grad):
 
 
 @torch.no_grad()
+def batch_loss_backward(model, batch, grad, factor):
+    """``factor`` times ``batch_loss_sum`` (0-d tensor), with its gradient with respect to the
+    model's parameters added to their ``.grad``: what ``(factor * batch_loss_sum).backward()``
+    gives, with the chain rule written out (``AtomicEnergyModel.accumulate_gradients``), so
+    that no autograd graph is built. dL/dE_atom and dL/d(dE/dx) are found here from the
+    residuals; the model carries them through its layers."""
+    forces = batch.row_ids is not None
+    stress = batch.virial is not None
+    if not (forces or stress):  # energies only: autograd's single backward is all it takes
+        with torch.enable_grad():
+            loss = batch_loss_sum(model, batch, grad) * factor
+            loss.backward()
+        return loss.detach()
+    e_atom, dedx, tapes = model.standardised_energy_gradient_tape(batch.x, batch.counts)
+    energy = e_atom.new_zeros(batch.n_configs).index_add_(0, batch.atom_config, e_atom)
+    de = energy - batch.energy
+    wde = batch.w_energy * de
+    total = torch.dot(wde, de)
+    # dL/dE_atom: every atom of configuration m carries 2 w^E_m (E_pred_m - E_m)
+    e_bar = (wde * (2.0 * factor)).index_select(0, batch.atom_config)
+    g_bar = None
+    if stress:  # P_mv = sum_(i in m) dE/dx_i . virial_iv
+        per_atom = torch.einsum("ak,avk->av", dedx, batch.virial)
+        pred = e_atom.new_zeros((batch.n_configs, 6)).index_add_(0, batch.atom_config, per_atom)
+        ds = pred - batch.stress
+        wds = batch.w_stress[:, None] * ds
+        total = total + (wds * ds).sum()
+        p_bar = (wds * (2.0 * factor)).index_select(0, batch.atom_config)
+        g_bar = torch.einsum("av,avk->ak", p_bar, batch.virial)
+    if forces:  # F_ja = sum_rows dE/dB_i . rows, dE/dB = dE/dx (times grad_scale for raw rows)
+        dedb = dedx if batch.grad_scale is None else dedx * batch.grad_scale
+        rows = grad.index_select(0, batch.row_ids)
+        contrib = (dedb.index_select(0, batch.row_i) * rows).sum(1)
+        force = e_atom.new_zeros(batch.force.shape[0]).index_add_(0, batch.row_ja, contrib)
+        df = force - batch.force
+        wdf = batch.w_force * df
+        total = total + torch.dot(wdf, df)
+        # dL/d(contrib_row) = 2 w^F (F_pred - F) at the row's (j, a); dL/dB_i sums rows over i
+        c_bar = (wdf * (2.0 * factor)).index_select(0, batch.row_ja)
+        f_bar = torch.zeros_like(dedx).index_add_(0, batch.row_i, rows * c_bar[:, None])
+        if batch.grad_scale is not None:
+            f_bar = f_bar * batch.grad_scale
+        g_bar = f_bar if g_bar is None else g_bar + f_bar
+    model.accumulate_gradients(tapes, e_bar, g_bar)
+    return total * factor
+
+
+@torch.no_grad()
 def set_loss_sum(model, store, batch_size=None):
     """Sum of the per-configuration losses over a store (0 when it is empty); no graph is built."""
     total = 0.0
