@@ -30,7 +30,8 @@ def stressed_tawb(tmp_path_factory):
 
 
 def autograd_loss(model, batch, grad):
-    """The batch loss sum with dE/dx by autograd (create_graph: its backward is a double backward)."""
+    """The batch loss sum with dE/dx by autograd (create_graph: its backward is a double backward)
+    and the forces by index (a batch without the CSR pattern)."""
     x = batch.x.detach().requires_grad_(True)
     e_atom, _ = model.standardised_energy_and_gradient(x, batch.counts, need_gradient=False)
     (dedx,) = torch.autograd.grad(e_atom.sum(), x, create_graph=True)
@@ -43,8 +44,8 @@ def autograd_loss(model, batch, grad):
         total = total + torch.dot(batch.w_stress, ((pred - batch.stress) ** 2).sum(1))
     if batch.row_ids is not None:
         dedb = dedx if batch.grad_scale is None else dedx * batch.grad_scale
-        rows = grad.index_select(0, batch.row_ids)
-        contrib = (dedb.index_select(0, batch.row_i) * rows).sum(1)
+        rows, row_i = batch.rows_of(grad), batch.row_i
+        contrib = (dedb.index_select(0, row_i) * rows).sum(1)
         force = e_atom.new_zeros(batch.force.shape[0]).index_add(0, batch.row_ja, contrib)
         total = total + torch.dot(batch.w_force, (force - batch.force) ** 2)
     return total
@@ -79,22 +80,27 @@ def test_written_out_chain_rule_equals_double_backward(stressed_tawb, activation
                 prepared = PreparedSet(
                     cs, model.shift.numpy(), model.scale.numpy(), option, torch.float64, "cpu", raw_gradients=raw
                 )
-                for stress in (True, False):
+                for stress, sparse in ((True, True), (False, True), (True, False)):
+                    prepared.sparse_rows = False  # the reference: rows by index (the GPU's layout)
+                    (plain,) = prepared.batches(pick, batch_size=len(pick))
+                    prepared.sparse_rows = sparse  # the CPU's sparse products, or the GPU's index_add
                     (batch,) = prepared.batches(pick, batch_size=len(pick))
+                    assert (batch.row_ptr is not None) == sparse and plain.row_ptr is None
                     if not stress:
-                        batch.virial = None
+                        batch.virial = plain.virial = None
                     assert batch.row_ids is not None and (batch.virial is not None) == stress
                     model.zero_grad(set_to_none=True)
-                    ref = autograd_loss(model, batch, prepared.grad) / 4
+                    ref = autograd_loss(model, plain, prepared.grad) / 4
                     ref.backward()
                     want = gradients(model)
                     model.zero_grad(set_to_none=True)
                     got_loss = batch_loss_backward(model, batch, prepared.grad, 0.25)
                     got = gradients(model)
-                    where = (activation, option, hidden, raw, stress)
+                    where = (activation, option, hidden, raw, stress, sparse)
                     assert got_loss.item() == pytest.approx(ref.item(), rel=1e-12), where
                     with torch.no_grad():
-                        assert got_loss.item() == pytest.approx(batch_loss_sum(model, batch, prepared.grad).item() / 4, rel=1e-12)
+                        plain_loss = batch_loss_sum(model, batch, prepared.grad).item() / 4
+                    assert got_loss.item() == pytest.approx(plain_loss, rel=1e-12), where
                     for w, g in zip(want, got, strict=True):
                         assert (w is None) == (g is None), where
                         if w is not None:

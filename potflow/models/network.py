@@ -166,12 +166,12 @@ class MLP(nn.Module):
             d = a @ (weights[k] if k else weights[0][:, :n_cols])
         return energy, d, (weights, hs, zs, ds, as_)
 
-    @torch.no_grad()
     def parameter_gradients(self, tape, e_bar, g_bar):
         """dL/d(weights, biases) of a loss L with dL/dE = ``e_bar`` (A,) and dL/d(dE/dx) =
         ``g_bar`` (A, n_cols), for the tape of ``energy_gradient_tape``: the chain rule through
         the energy and through its input gradient, written out (autograd's double backward,
-        without its graph). Returns the gradients in ``parameters()`` order."""
+        without its graph; call it under ``torch.no_grad``). Returns the gradients in
+        ``parameters()`` order."""
         weights, hs, zs, ds, as_ = tape
         n_hidden = len(weights) - 1
         n_cols = g_bar.shape[1]
@@ -376,16 +376,17 @@ class AtomicEnergyModel(nn.Module):
             return energies[0], grads[0], tapes
         return torch.cat(energies), torch.cat(grads), tapes
 
-    @torch.no_grad()
     def accumulate_gradients(self, tapes, e_bar, g_bar):
         """Add dL/d(parameters) to each parameter's ``.grad`` for a loss L with dL/dE_atom =
         ``e_bar`` (A,) and dL/d(dE/dx) = ``g_bar`` (A, K) at the tapes of
         ``standardised_energy_gradient_tape``. As with autograd, a network without atoms in the
-        batch gets no gradient, and a held linear path (``hold_linear_path``) gets zeros."""
+        batch gets no gradient, and a held linear path (``hold_linear_path``) gets zeros.
+        Call it under ``torch.no_grad``."""
         masks = getattr(self, "held_masks", {})
         sizes = [n for _, _, n in tapes]
         for (net, tape, _), eb, gb in zip(tapes, e_bar.split(sizes), g_bar.split(sizes), strict=True):
-            for p, grad in zip(net.parameters(), net.parameter_gradients(tape, eb, gb), strict=True):
+            params = [p for layer in net.layers for p in (layer.weight, layer.bias)]  # parameters() order
+            for p, grad in zip(params, net.parameter_gradients(tape, eb, gb), strict=True):
                 if id(p) in masks:
                     grad = grad * masks[id(p)].to(grad.dtype)
                 if p.grad is None:
