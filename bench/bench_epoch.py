@@ -1,6 +1,6 @@
 """Epoch speed beside FitSNAP's, measured back to back in one run (issue 16).
 
-    python bench/bench_epoch.py ta [--epochs 20] [--device cpu] [--no-fitsnap] [--before DIR]
+    python bench/bench_epoch.py ta [--epochs 20] [--rounds 3] [--device cpu] [--no-fitsnap] [--before DIR]
     python bench/bench_epoch.py wbe --subset /tmp/wbe_every5 --descriptors DIR [--epochs 3]
 
 ``ta``: ../shared/data/Ta_JSON with FitSNAP's Ta settings (bench_train_ta.py), potflow at
@@ -81,24 +81,38 @@ def ta_potflow(checkout, label, batch, extra, args):
 
 
 def cmd_ta(args):
+    import numpy as np
+
     adam = {"optimizer": "adam", "linear_start": 0}
     runs = [("adam", 4, adam), ("adam", 32, adam), ("adam", 225, adam), ("lbfgs (defaults)", 4, {})]
     checkouts = [(REPO, "")] + ([(Path(args.before), " (before)")] if args.before else [])
-    mine = {}
-    for checkout, label in checkouts:
-        for name, batch, extra in runs:
-            mine[(label, name, batch)] = ta_potflow(checkout, label, batch, extra, args)
-    if args.no_fitsnap:
-        return
-    for batch in (4, 32):
-        print(f"  [{uptime()}]", flush=True)
-        f = fitsnap("Ta", args.epochs, "-k", "PYTORCH", "batch_size", str(batch))
-        t = float(f["epoch_s_median"])
-        print(f"FitSNAP Ta batch {batch}: {t:.4f} s/epoch (median of {f['epochs_timed']}), peak RSS {int(f['peak_rss_kb']) / 1024:.0f} MB", flush=True)
-        for (label, name, b), s in mine.items():
-            if b == batch or (batch == 4 and name != "adam"):
-                print(f"  potflow{label} {name} batch {b} / FitSNAP batch {batch}: {s / t:.3f}x")
+    figures = {}  # (label, name, batch) -> seconds per epoch, one per round
+    for r in range(args.rounds):
+        print(f"round {r + 1} of {args.rounds}", flush=True)
+        for checkout, label in checkouts:
+            for name, batch, extra in runs:
+                s = ta_potflow(checkout, label, batch, extra, args)
+                figures.setdefault((f"potflow{label}", name, batch), []).append(s)
+        if args.no_fitsnap:
+            continue
+        for batch in (4, 32):
+            print(f"  [{uptime()}]", flush=True)
+            f = fitsnap("Ta", args.epochs, "-k", "PYTORCH", "batch_size", str(batch))
+            t = float(f["epoch_s_median"])
+            figures.setdefault(("FitSNAP", "adam", batch), []).append(t)
+            print(f"FitSNAP Ta batch {batch}: {t:.4f} s/epoch (median of {f['epochs_timed']}), "
+                  f"peak RSS {int(f['peak_rss_kb']) / 1024:.0f} MB", flush=True)  # fmt: skip
     print(f"  [{uptime()}]")
+    print(f"summary: median over {args.rounds} round(s) of each run's median s/epoch ({args.epochs} epochs)")
+    fitsnap_median = {b: float(np.median(v)) for (who, _, b), v in figures.items() if who == "FitSNAP"}
+    for (who, name, batch), values in figures.items():
+        med = float(np.median(values))
+        refs = [4] + ([32] if batch == 32 and name == "adam" else [])
+        ratios = "".join(
+            f", {med / fitsnap_median[b]:.3f}x FitSNAP batch {b}" for b in refs if b in fitsnap_median and who != "FitSNAP"
+        )
+        rounds = " ".join(f"{v:.4f}" for v in values)
+        print(f"  {who} {name} batch {batch}: {med:.4f} s/epoch ({rounds}){ratios}")
 
 
 def cmd_wbe(args):
@@ -130,6 +144,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["ta", "wbe"])
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=1, help="ta: repeat potflow and FitSNAP in turn (the host drifts)")
     ap.add_argument("--device", default="cpu", help="potflow's pytorch.device (cpu, cuda)")
     ap.add_argument("--work", default="/tmp/potflow_bench_ta")
     ap.add_argument("--before", help="an older potflow checkout (a folder) timed in the same run")

@@ -188,22 +188,34 @@ class PreparedSet:
 
     def _row_pattern(self, row_i, row_ja, rows_per_batch, first_atom, n_atoms, index):
         """Per batch, the CSR pattern of its gradient rows by atom i (row_ptr, row_col) and
-        ``row_ja`` in that order: the rows of one atom follow each other in the files, so the
-        pattern is usually the rows' own order (row_col a view of one arange)."""
+        ``row_ja`` in that order. The rows of one atom follow each other in the files, so the
+        pattern is the rows' own order (row_col a view of one arange) unless the batch orders
+        its atoms otherwise (option 2: by element); then whole runs of rows are reordered."""
         dev = self.device
-        row_batch = np.repeat(np.arange(len(rows_per_batch)), rows_per_batch)
-        atom = first_atom[row_batch] + row_i  # atom i's position in the pass
+        atom = np.repeat(first_atom.astype(index), rows_per_batch)
+        atom += row_i  # atom i's position in the pass
         first_row = np.cumsum(rows_per_batch) - rows_per_batch
-        ptr = np.concatenate([[0], np.cumsum(np.bincount(atom, minlength=int(sum(n_atoms))))])
-        at = concat_ranges(first_atom, np.asarray(n_atoms) + 1)
-        row_ptr = ptr[at] - np.repeat(first_row, np.asarray(n_atoms) + 1)
-        row_ptr_s = torch.split(torch.as_tensor(row_ptr.astype(index), device=dev), [n + 1 for n in n_atoms])
+        n = np.asarray(n_atoms)
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(atom, minlength=int(n.sum())))])
+        row_ptr = ptr[concat_ranges(first_atom, n + 1)] - np.repeat(first_row, n + 1)
+        row_ptr_s = torch.split(torch.as_tensor(row_ptr.astype(index), device=dev), (n + 1).tolist())
         if len(atom) < 2 or bool(np.all(atom[1:] >= atom[:-1])):
-            arange = torch.arange(max(rows_per_batch, default=0), dtype=torch.int32 if index is np.int32 else torch.int64, device=dev)
-            return row_ptr_s, [arange[:n] for n in rows_per_batch], row_ja
-        perm = np.argsort(atom, kind="stable")  # the batches stay apart: their atoms do
-        col = (perm - np.repeat(first_row, rows_per_batch)).astype(index)
-        return row_ptr_s, torch.split(torch.as_tensor(col, device=dev), rows_per_batch), row_ja[perm]
+            arange = torch.arange(max(rows_per_batch, default=0), dtype=torch.from_numpy(atom[:0]).dtype, device=dev)
+            return row_ptr_s, [arange[:k] for k in rows_per_batch], row_ja
+        run_start = np.flatnonzero(np.concatenate([[True], atom[1:] != atom[:-1]]))
+        run_atom = atom[run_start]
+        del atom
+        if len(np.unique(run_atom)) == len(run_atom):  # one run per atom: reorder the runs
+            run_len = np.diff(np.append(run_start, len(row_i)))
+            by_atom = np.argsort(run_atom)
+            perm = concat_ranges(run_start[by_atom], run_len[by_atom], dtype=index)
+        else:  # rows of an atom apart: sort the rows themselves
+            atom = np.repeat(first_atom.astype(index), rows_per_batch) + row_i
+            perm = np.argsort(atom, kind="stable").astype(index)
+            del atom
+        row_ja = row_ja[perm]
+        perm -= np.repeat(first_row.astype(index), rows_per_batch)  # within the batch
+        return row_ptr_s, torch.split(torch.as_tensor(perm, device=dev), rows_per_batch), row_ja
 
     def batches(self, order, batch_size):
         """The batches of one pass over the configurations in ``order``, built in one go
@@ -254,10 +266,12 @@ class PreparedSet:
             types_t = torch.as_tensor(self.types[atom_ids], device=dev)
             grad_scales = torch.split(self.grad_scale.to(dev).index_select(0, types_t), n_atoms)
         if self.has_forces:
-            row_ids = concat_ranges(self.row_start[order], nr)
+            row_ids = concat_ranges(self.row_start[order], nr, dtype=index)
             rows_per_batch = np.add.reduceat(nr, starts).tolist() if M else []
             row_i = pos[self.row_i[row_ids]]
-            row_ja = pos[self.row_j[row_ids]] * 3 + self.row_a[row_ids]
+            row_ja = pos[self.row_j[row_ids]]
+            row_ja *= 3
+            row_ja += self.row_a[row_ids]
             row_i_s, row_ptr_s, row_col_s = [None] * nb, [None] * nb, [None] * nb
             if self.sparse_rows:
                 row_ptr_s, row_col_s, row_ja = self._row_pattern(row_i, row_ja, rows_per_batch, first_atom, n_atoms, index)
@@ -273,7 +287,7 @@ class PreparedSet:
             if consecutive.all():
                 row_ids_s = [slice(r, r + n) for r, n in zip(first_row.tolist(), rows_per_batch, strict=True)]
             else:
-                row_ids_s = list(split(row_ids.astype(index), rows_per_batch))
+                row_ids_s = list(split(row_ids, rows_per_batch))
                 for b in np.flatnonzero(consecutive).tolist():
                     row_ids_s[b] = slice(int(first_row[b]), int(first_row[b]) + rows_per_batch[b])
             del row_ids, row_i, row_ja
