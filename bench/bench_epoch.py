@@ -116,6 +116,7 @@ def cmd_ta(args):
 
 
 def cmd_wbe(args):
+    results = []
     for checkout, label in [(REPO, "")] + ([(Path(args.before), " (before)")] if args.before else []):
         print(f"  [{uptime()}]", flush=True)
         cmd = [
@@ -128,7 +129,7 @@ def cmd_wbe(args):
         r = last_json(run(cmd, env=potflow_env(checkout)))
         print(f"potflow{label} W-Be every 5th batch 4: {r['median_s_per_epoch']:.2f} s/epoch {r['epoch_s']}, peak RSS {r['peak_rss_mb']} MB, "
               f"{'streamed' if r['streamed'] else 'in memory'}", flush=True)  # fmt: skip
-        mine = r
+        results.append((label, r))
     if args.no_fitsnap:
         return
     print(f"  [{uptime()}]", flush=True)
@@ -136,7 +137,8 @@ def cmd_wbe(args):
     t, rss = float(f["epoch_s_median"]), int(f["peak_rss_kb"]) / 1024
     print(f"FitSNAP W-Be every 5th batch 4: {t:.2f} s/epoch (median of {f['epochs_timed']}), peak RSS {rss:.0f} MB "
           f"(train/test configs {f['n_train_configs']}/{f['n_test_configs']})")  # fmt: skip
-    print(f"  ratios (last potflow run / FitSNAP): epoch {mine['median_s_per_epoch'] / t:.3f}x, peak RSS {mine['peak_rss_mb'] / rss:.3f}x")
+    for label, r in results:
+        print(f"  potflow{label} / FitSNAP: epoch {r['median_s_per_epoch'] / t:.3f}x, peak RSS {r['peak_rss_mb'] / rss:.3f}x")
     print(f"  [{uptime()}]")
 
 
