@@ -315,13 +315,24 @@ class MemoryStore:
         self.cs = cs
         self.set = PreparedSet(cs, shift, scale, layout, dtype, device)
         self.has_forces = self.set.has_forces
+        self._in_order = None  # (batch sizes, batches) of the last pass in the set's order
         cs.data.release_pages()  # the prepared copy is all that stays resident
 
     def __len__(self):
         return len(self.cs)
 
     def epoch(self, order, batch_size):
-        """(prepared set, batches) pairs covering one pass in ``order``."""
+        """(prepared set, batches) pairs covering one pass in ``order``. A pass in the set's own
+        order (validation, each full-batch L-BFGS evaluation: the same pass every time) is laid
+        out once and kept."""
+        order = np.asarray(order)
+        if len(order) == len(self.cs) and np.array_equal(order, np.arange(len(order))):
+            key = tuple(np.atleast_1d(batch_size).tolist())
+            if self._in_order is None or self._in_order[0] != key:
+                self._in_order = None  # the old layout goes before the new one is made
+                self._in_order = (key, self.set.batches(order, batch_size))
+            yield self.set, self._in_order[1]
+            return
         yield self.set, self.set.batches(order, batch_size)
 
 
