@@ -4,7 +4,10 @@ Layers num_desc 64 64 1, batch 4, lr 5e-5, energy_weight 1e-2, force_weight 1, a
 split per group, ZBL reference. Prints median seconds per epoch, peak RSS of the training
 process and the test-set energy (eV/atom) and force (eV/A) MAE of the selected model.
 
-    python bench/bench_train_ta.py [--epochs 200] [--batch-size 4] [--threads 1] [--work DIR]
+    python bench/bench_train_ta.py [--epochs 200] [--batch-size 4] [--threads 1] [--work DIR] [--device cuda]
+
+``--device`` (default cpu) is ``pytorch.device``: the same command times the epoch on a GPU
+(``cuda``), where the peak RSS is the host's and the GPU's peak memory is printed beside it.
 
 Descriptors are computed once into --work (default /tmp/potflow_bench_ta) and reused.
 Each training run is a fresh subprocess so its peak RSS is its own.
@@ -107,7 +110,7 @@ def descriptors(work):
 def run_one(args):
     """Child process: one training run; prints a JSON line."""
     import numpy as np
-    import torch  # noqa: F401  (imported before the baseline RSS is taken)
+    import torch  # (imported before the baseline RSS is taken)
 
     from potflow.config.load import prepare_config
     from potflow.training.loop import TrainPaths, train
@@ -115,12 +118,14 @@ def run_one(args):
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     folders = json.loads(args.folders)
     cfg = dict(CONFIG, path={"dataPath": str(DATA)})
-    cfg["pytorch"] = dict(CONFIG["pytorch"], num_epochs=args.epochs, batch_size=args.batch_size, threads=args.threads)
+    cfg["pytorch"] = dict(
+        CONFIG["pytorch"], num_epochs=args.epochs, batch_size=args.batch_size, threads=args.threads, device=args.device
+    )
     cfg["pytorch"].update(json.loads(args.extra))
     if cfg["pytorch"].get("activation", "tanh") not in ("linear", "sigmoid", "tanh", "relu"):
         cfg["md"] = {"enabled": False}  # a comparison run only: LAMMPS cannot run this activation
     cfg = prepare_config(cfg)
-    out = Path(args.work) / f"fit_b{args.batch_size}_t{args.threads}"
+    out = Path(args.work) / f"fit_b{args.batch_size}_t{args.threads}_{args.device.replace(':', '')}"
     paths = TrainPaths(out / "model.pt", out / "checkpoint.pt", out / "loss_vs_epochs.dat", out / "split.tsv", out / "resume.pt")
     t0 = time.perf_counter()
     res = train(cfg, folders, paths, progress=False)
@@ -128,8 +133,10 @@ def run_one(args):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mae_e, mae_f, _ = mae_on_test_split(cfg, folders, paths.model)
     times = res["epoch_seconds"]
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
     print(json.dumps({
-        "batch_size": args.batch_size, "threads": args.threads, "epochs": args.epochs,
+        "batch_size": args.batch_size, "threads": args.threads, "epochs": args.epochs, "device": args.device,
+        "gpu_peak_mb": gpu_mb,
         "median_s_per_epoch": float(np.median(times)), "train_wall_s": wall,
         "peak_rss_mb": rss, "rss_after_import_torch_mb": base_rss,
         "test_energy_mae_eV_atom": mae_e, "test_force_mae_eV_A": mae_f,
@@ -144,6 +151,7 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--work", default="/tmp/potflow_bench_ta")
     ap.add_argument("--extra", default="{}", help="JSON of extra pytorch settings")
+    ap.add_argument("--device", default="cpu", help="pytorch.device: cpu, cuda, cuda:1, auto")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--folders", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -156,15 +164,17 @@ def main():
     for bs in args.batch_size:
         for threads in args.threads:
             cmd = [sys.executable, __file__, "--child", "--epochs", str(args.epochs), "--batch-size", str(bs),
-                   "--threads", str(threads), "--work", str(work), "--folders", json.dumps(folders), "--extra", args.extra]
+                   "--threads", str(threads), "--work", str(work), "--folders", json.dumps(folders), "--extra", args.extra,
+                   "--device", args.device]
             out = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-3000:])
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(
-                f"batch {bs:3d} threads {threads}: {r['median_s_per_epoch']:.4f} s/epoch (median of {args.epochs}), "
+                f"{args.device} batch {bs:3d} threads {threads}: {r['median_s_per_epoch']:.4f} s/epoch (median of {args.epochs}), "
                 f"training {r['train_wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
-                f"(after importing torch {r['rss_after_import_torch_mb']:.0f} MB), "
+                f"(after importing torch {r['rss_after_import_torch_mb']:.0f} MB"
+                + (f", GPU peak {r['gpu_peak_mb']:.0f} MB" if r["gpu_peak_mb"] is not None else "") + "), "
                 f"test MAE energy {r['test_energy_mae_eV_atom']:.4f} eV/atom force {r['test_force_mae_eV_A']:.4f} eV/A "
                 f"[{r['selected']['selection']} epoch {r['selected']['epoch']}]"
             )

@@ -84,6 +84,7 @@ def cmd_descriptors(args):
 def run_child(args):
     """One training run in this (fresh) process; prints a JSON line."""
     import numpy as np
+    import torch
 
     from potflow.config.load import prepare_config
     from potflow.training.loop import TrainPaths, train
@@ -92,7 +93,7 @@ def run_child(args):
     cfg, _ = bench_config(work / "config")
     f = args.fraction
     cfg["groups"]["defaults"].update(training_size=0.7 * f, testing_size=0.3 * f)
-    cfg["pytorch"].update(num_epochs=args.epochs, batch_size=args.batch_size)
+    cfg["pytorch"].update(num_epochs=args.epochs, batch_size=args.batch_size, device=args.device)
     cfg["pytorch"].update(json.loads(args.extra))
     cfg = prepare_config(cfg)
     folders = [str(p) for p in descriptor_folders(Path(args.descriptors))]
@@ -106,7 +107,8 @@ def run_child(args):
         "fraction": f, "batch_size": args.batch_size, "epochs": len(res["epoch_seconds"]),
         "epoch_s": [round(s, 2) for s in res["epoch_seconds"]],
         "median_s_per_epoch": round(float(np.median(res["epoch_seconds"])), 2), "train_wall_s": round(wall, 1),
-        "peak_rss_mb": round(rss), "streamed": res["streamed"], "selected": res["info"],
+        "peak_rss_mb": round(rss), "streamed": res["streamed"], "selected": res["info"], "device": args.device,
+        "gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_initialized() else None,
     }  # fmt: skip
     if args.mae:
         e, fm, n = mae_on_test_split(cfg, folders, paths.model)
@@ -118,7 +120,7 @@ def child(args, fraction, batch_size, epochs, mae=False):
     cmd = [
         sys.executable, __file__, "child", "--work", args.work, "--descriptors", args.descriptors,
         "--fraction", str(fraction), "--batch-size", str(batch_size), "--epochs", str(epochs),
-        "--extra", args.extra, *(["--mae"] if mae else []),
+        "--extra", args.extra, "--device", args.device, *(["--mae"] if mae else []),
     ]  # fmt: skip
     out = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
     if out.returncode:
@@ -224,6 +226,7 @@ def main():
     ap.add_argument("--fraction", type=float, nargs="+", default=[1.0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--extra", default="{}", help="JSON of extra pytorch settings")
+    ap.add_argument("--device", default="cpu", help="pytorch.device of train and fit: cpu, cuda, auto")
     ap.add_argument("--sections", default="{}", help="JSON of config sections merged in (pipeline)")
     ap.add_argument("--mae", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--linear", action="store_true", help="fit: also the exact linear fit's test errors")

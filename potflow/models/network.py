@@ -7,7 +7,10 @@ E_config = sum_i E_atom(B_i, element_i). How several elements share networks is 
   3  ONE_HOT      one shared network whose input is [standardised B, one-hot element].
 
 ``energy_and_gradient`` returns per-atom energies and dE/dB written out analytically
-(no double backward), so the force loss needs only one backward pass.
+(no double backward), so the force loss needs only one backward pass. The training loss goes
+further: ``MLP.energy_gradient_tape`` and ``MLP.parameter_gradients`` write out the chain rule
+of that backward pass too (the gradients of a loss in E and dE/dx with respect to the weights),
+so an epoch builds no autograd graph at all.
 
 ``start_from_linear`` makes a network start at a linear SNAP fit, E_atom = beta_e . B + beta0_e,
 while staying a plain MLP (what LAMMPS's ``mliap model nn`` runs): hidden neuron 0 of every
@@ -29,6 +32,41 @@ _ACT = {
     "relu": (torch.relu, lambda z, h: (z > 0).to(z.dtype)),
     "silu": (nn.functional.silu, lambda z, h: torch.sigmoid(z) * (1.0 + z * (1.0 - torch.sigmoid(z)))),
     "softplus": (nn.functional.softplus, lambda z, h: torch.sigmoid(z)),
+}
+
+_aten = torch.ops.aten
+
+
+def _generic_chain(act):
+    """(g sigma'(z), dL/dz) of an activation, from its sigma' and sigma'' (see _CHAIN)."""
+    d1 = _ACT[act][1]
+    d2 = {
+        "silu": lambda z, h: torch.sigmoid(z) * (1.0 - torch.sigmoid(z)) * (2.0 + z * (1.0 - 2.0 * torch.sigmoid(z))),
+        "softplus": lambda z, h: torch.sigmoid(z) * (1.0 - torch.sigmoid(z)),
+    }[act]
+    return (lambda g, z, h: g * d1(z, h), lambda z, h, hb, sb: hb * d1(z, h) + sb * d2(z, h))
+
+
+# The chain rule of each activation in fused torch kernels: (g, z, h) -> g * sigma'(z), and
+# (z, h, h_bar, s_bar) -> dL/dz = h_bar sigma'(z) + s_bar sigma''(z) for dL/dh = h_bar and
+# dL/d(sigma'(z)) = s_bar (h = sigma(z)). tanh: sigma'' = -2 h sigma'; sigmoid:
+# sigma'' = sigma' (1 - 2h); relu and linear: sigma'' = 0.
+_CHAIN = {
+    "linear": (lambda g, z, h: g.expand_as(h), lambda z, h, hb, sb: hb),
+    "tanh": (
+        lambda g, z, h: _aten.tanh_backward(g, h),
+        lambda z, h, hb, sb: _aten.tanh_backward(torch.addcmul(hb, h, sb, value=-2.0), h),
+    ),
+    "sigmoid": (
+        lambda g, z, h: _aten.sigmoid_backward(g, h),
+        lambda z, h, hb, sb: _aten.sigmoid_backward(torch.addcmul(hb + sb, h, sb, value=-2.0), h),
+    ),
+    "relu": (
+        lambda g, z, h: _aten.threshold_backward(g.expand_as(h), z, 0.0),
+        lambda z, h, hb, sb: _aten.threshold_backward(hb, z, 0.0),
+    ),
+    "silu": _generic_chain("silu"),
+    "softplus": _generic_chain("softplus"),
 }
 
 
@@ -77,6 +115,7 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=False))
         self.activation = activation
         self._act, self._dact = _ACT[activation]
+        self._times_dact, self._z_bar = _CHAIN[activation]
 
     def forward(self, x):
         return self.energy_and_gradient(x, need_gradient=False)[0]
@@ -97,6 +136,77 @@ class MLP(nn.Module):
         for layer, z, h in zip(reversed(self.layers[:-1]), reversed(zs), reversed(hs), strict=True):
             g = (g * self._dact(z, h)) @ layer.weight
         return energy, g
+
+    def energy_gradient_tape(self, x, n_cols):
+        """(E (A,), dE/dx[:, :n_cols] (A, n_cols), tape), without an autograd graph.
+
+        The tape keeps what ``parameter_gradients`` needs: the inputs h_k and pre-activations
+        z_k of each layer, and d_k = dE/dh_k and a_k = dE/dz_k of each hidden layer.
+        """
+        weights = [layer.weight for layer in self.layers]
+        biases = [layer.bias for layer in self.layers]
+        n_hidden = len(weights) - 1
+        hs, zs = [x], []
+        h = x
+        for k in range(n_hidden):
+            z = torch.addmm(biases[k], h, weights[k].t())
+            h = self._act(z)
+            zs.append(z)
+            hs.append(h)
+        out_w = weights[-1][0]
+        energy = torch.addmv(biases[-1], h, out_w)
+        if not n_hidden:
+            return energy, out_w[:n_cols].expand(x.shape[0], n_cols), (weights, hs, zs, [], [])
+        # dE/dx by the chain rule, from the output down: d_k = dE/dh_k, a_k = dE/dz_k = d_k sigma'(z_k)
+        ds, as_ = [None] * n_hidden, [None] * n_hidden
+        d = out_w
+        for k in range(n_hidden - 1, -1, -1):
+            ds[k] = d
+            as_[k] = a = self._times_dact(d, zs[k], hs[k + 1])
+            d = a @ (weights[k] if k else weights[0][:, :n_cols])
+        return energy, d, (weights, hs, zs, ds, as_)
+
+    def parameter_gradients(self, tape, e_bar, g_bar):
+        """dL/d(weights, biases) of a loss L with dL/dE = ``e_bar`` (A,) and dL/d(dE/dx) =
+        ``g_bar`` (A, n_cols), for the tape of ``energy_gradient_tape``: the chain rule through
+        the energy and through its input gradient, written out (autograd's double backward,
+        without its graph; call it under ``torch.no_grad``). Returns the gradients in
+        ``parameters()`` order."""
+        weights, hs, zs, ds, as_ = tape
+        n_hidden = len(weights) - 1
+        n_cols = g_bar.shape[1]
+        out_w = weights[-1][0]
+        w_out_bar = (e_bar @ hs[-1])[None, :]  # the energy's share
+        if not n_hidden:
+            w_out_bar[0, :n_cols] += g_bar.sum(0)
+            return [w_out_bar, e_bar.sum().reshape(1)]
+        # the dE/dx chain, from the input up: d_(k-1) = a_k W_k and a_k = d_k sigma'(z_k),
+        # d_k = a_(k+1) W_(k+1) (the output weights for the last hidden layer)
+        gw = [None] * n_hidden
+        s_bars = [None] * n_hidden  # dL/d(sigma'(z_k))
+        d_bar = g_bar
+        for k in range(n_hidden):
+            w = weights[k] if k else weights[0][:, :n_cols]
+            a_bar = d_bar @ w.t()
+            gw[k] = as_[k].t() @ d_bar
+            s_bars[k] = a_bar * ds[k]
+            d_bar = self._times_dact(a_bar, zs[k], hs[k + 1])
+        w_out_bar[0] += d_bar.sum(0)
+        # the energy, from the output down; z_k also reaches L through sigma'(z_k)
+        grads = [w_out_bar, e_bar.sum().reshape(1)]
+        h_bar = e_bar[:, None] * out_w
+        for k in range(n_hidden - 1, -1, -1):
+            z_bar = self._z_bar(zs[k], hs[k + 1], h_bar, s_bars[k])
+            if k or n_cols == weights[0].shape[1]:
+                gw[k] = torch.addmm(gw[k], z_bar.t(), hs[k])
+            else:
+                first = z_bar.t() @ hs[0]
+                first[:, :n_cols] += gw[0]
+                gw[0] = first
+            grads[:0] = [gw[k], z_bar.sum(0)]
+            if k:
+                h_bar = z_bar @ weights[k]
+        return grads
 
 
 class AtomicEnergyModel(nn.Module):
@@ -249,8 +359,47 @@ class AtomicEnergyModel(nn.Module):
 
     def hold_linear_path(self):
         """Keep the linear path of ``start_from_linear`` fixed: its weights get zero gradients
-        (their optimiser steps are then zero too). Returns the hook handles."""
-        return [p.register_hook(lambda g, m=mask: g * m.to(g.dtype)) for p, mask in self.linear_path_masks().items()]
+        (their optimiser steps are then zero too), through autograd's hooks and, for gradients
+        set without autograd, ``held_masks``. Returns the hook handles."""
+        masks = self.linear_path_masks()
+        self.held_masks = {id(p): mask for p, mask in masks.items()}
+        return [p.register_hook(lambda g, m=mask: g * m.to(g.dtype)) for p, mask in masks.items()]
+
+    def standardised_energy_gradient_tape(self, x, element_counts=None):
+        """``standardised_energy_and_gradient`` (with the gradient) without an autograd graph,
+        and the tape that ``accumulate_gradients`` takes back."""
+        K = self.num_desc
+        if not self.layout.per_element_networks:
+            e, g, tape = self.nets[0].energy_gradient_tape(x, K)
+            return e, g, [(self.nets[0], tape, x.shape[0])]
+        energies, grads, tapes = [], [], []
+        for net, part in zip(self.nets, torch.split(x, list(element_counts)), strict=True):
+            if part.shape[0]:
+                e, g, tape = net.energy_gradient_tape(part, K)
+                energies.append(e)
+                grads.append(g)
+                tapes.append((net, tape, part.shape[0]))
+        if len(energies) == 1:
+            return energies[0], grads[0], tapes
+        return torch.cat(energies), torch.cat(grads), tapes
+
+    def accumulate_gradients(self, tapes, e_bar, g_bar):
+        """Add dL/d(parameters) to each parameter's ``.grad`` for a loss L with dL/dE_atom =
+        ``e_bar`` (A,) and dL/d(dE/dx) = ``g_bar`` (A, K) at the tapes of
+        ``standardised_energy_gradient_tape``. As with autograd, a network without atoms in the
+        batch gets no gradient, and a held linear path (``hold_linear_path``) gets zeros.
+        Call it under ``torch.no_grad``."""
+        masks = getattr(self, "held_masks", {})
+        sizes = [n for _, _, n in tapes]
+        for (net, tape, _), eb, gb in zip(tapes, e_bar.split(sizes), g_bar.split(sizes), strict=True):
+            params = [p for layer in net.layers for p in (layer.weight, layer.bias)]  # parameters() order
+            for p, grad in zip(params, net.parameter_gradients(tape, eb, gb), strict=True):
+                if id(p) in masks:
+                    grad = grad * masks[id(p)].to(grad.dtype)
+                if p.grad is None:
+                    p.grad = grad
+                else:
+                    p.grad.add_(grad)
 
     def standardised_energy_and_gradient(self, x, element_counts=None, need_gradient=True):
         """Per-atom energies (A,) and dE/dx (A, K) for standardised inputs ``x``.

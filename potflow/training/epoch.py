@@ -16,7 +16,7 @@ import torch
 from potflow.errors import PotflowInputError
 from potflow.training import collectives
 from potflow.training.datasets import batch_sizes
-from potflow.training.loss import batch_loss_sum, big_batch, set_loss, weight_penalty
+from potflow.training.loss import batch_loss_backward, big_batch, set_loss, weight_penalty
 
 
 def epoch_order(fit):
@@ -65,9 +65,7 @@ def train_one_epoch(fit, epoch):
         if n_mine:
             grad, b = next(batches)
             # this rank's share of the batch mean: the summed gradients are the mean's
-            loss = batch_loss_sum(model, b, grad) / n_batch
-            loss.backward()
-            loss_sum += loss.detach()
+            loss_sum += batch_loss_backward(model, b, grad, 1.0 / n_batch)
         collectives.all_reduce_gradients(params)
         add_weight_penalty(fit)
         fit.optimizer.step()
@@ -93,9 +91,7 @@ def full_batch_loss(fit):
         batch = big_batch(store, fit.settings["batch_size"]) if store.streaming else len(store)
         for prepared, batches in store.epoch(np.arange(len(store)), batch):
             for b in batches:
-                loss = batch_loss_sum(model, b, prepared.grad) / n_total
-                loss.backward()
-                total += loss.detach()
+                total += batch_loss_backward(model, b, prepared.grad, 1.0 / n_total)
     collectives.all_reduce_gradients(list(model.parameters()))
     # the line search compares these values: keep them in the fit's dtype (float64 fits too)
     return torch.tensor(collectives.sum_across([total], fit.device)[0] + add_weight_penalty(fit), dtype=fit.dtype)

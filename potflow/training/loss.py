@@ -12,10 +12,39 @@ unit and sign; the stress term exists only in a fit with stresses).
 their biases) to the loss that is minimised: L2 regularisation, torch's weight-decay convention.
 """
 
+import warnings
+
 import numpy as np
 import torch
 
 from potflow.training.collectives import sum_across
+
+# the CSR products used here are plain sparse-dense products (stable since torch 2.0)
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def row_contributions(dedb, rows, batch):
+    """dE/dB_i . rows[r] of each gradient row r of a batch (in the order of ``batch.row_ja``):
+    a sampled dense product on the CSR pattern of the rows by atom where the batch has one
+    (one pass over the rows, no gathered copy of dE/dB), else a gather."""
+    if batch.row_ptr is None:
+        return (dedb.index_select(0, batch.row_i) * rows).sum(1)
+    pattern = torch.sparse_csr_tensor(
+        batch.row_ptr, batch.row_col, rows.new_zeros(rows.shape[0]), size=(dedb.shape[0], rows.shape[0]),
+        check_invariants=False,
+    )
+    return torch.sparse.sampled_addmm(pattern, dedb, rows.t(), beta=0.0).values()
+
+
+def rows_adjoint(c_bar, rows, batch, like):
+    """sum_r c_bar[r] rows[r] over each atom i's rows, (A, K): the adjoint of
+    ``row_contributions`` (a sparse-dense product on the CPU, index_add elsewhere)."""
+    if batch.row_ptr is None:
+        return torch.zeros_like(like).index_add_(0, batch.row_i, rows * c_bar[:, None])
+    pattern = torch.sparse_csr_tensor(
+        batch.row_ptr, batch.row_col, c_bar, size=(like.shape[0], rows.shape[0]), check_invariants=False
+    )
+    return pattern @ rows
 
 
 def batch_loss_sum(model, batch, grad):
@@ -35,9 +64,8 @@ def batch_loss_sum(model, batch, grad):
     de = energy - batch.energy
     total = torch.dot(batch.w_energy, de * de)
     if forces:
-        rows = grad.index_select(0, batch.row_ids)
-        contrib = (dedx.index_select(0, batch.row_i) * rows).sum(1)
-        force = e_atom.new_zeros(batch.force.shape[0]).index_add(0, batch.row_ja, contrib)
+        rows = batch.rows_of(grad)
+        force = e_atom.new_zeros(batch.force.shape[0]).index_add(0, batch.row_ja, row_contributions(dedx, rows, batch))
         df = force - batch.force
         total = total + torch.dot(batch.w_force, df * df)
     if stress_term is not None:
@@ -56,6 +84,54 @@ def weight_penalty(model, weight_decay, held_linear_path=False):
             w = w * masks[w] if w in masks else w
             total = total + (w * w).sum()
     return 0.5 * weight_decay * total
+
+
+@torch.no_grad()
+def batch_loss_backward(model, batch, grad, factor):
+    """``factor`` times ``batch_loss_sum`` (0-d tensor), with its gradient with respect to the
+    model's parameters added to their ``.grad``: what ``(factor * batch_loss_sum).backward()``
+    gives, with the chain rule written out (``AtomicEnergyModel.accumulate_gradients``), so
+    that no autograd graph is built. dL/dE_atom and dL/d(dE/dx) are found here from the
+    residuals; the model carries them through its layers."""
+    forces = batch.row_ids is not None
+    stress = batch.virial is not None
+    if not (forces or stress):  # energies only: autograd's single backward is all it takes
+        with torch.enable_grad():
+            loss = batch_loss_sum(model, batch, grad) * factor
+            loss.backward()
+        return loss.detach()
+    e_atom, dedx, tapes = model.standardised_energy_gradient_tape(batch.x, batch.counts)
+    energy = e_atom.new_zeros(batch.n_configs).index_add_(0, batch.atom_config, e_atom)
+    de = energy - batch.energy
+    wde = batch.w_energy * de
+    total = torch.dot(wde, de)
+    # dL/dE_atom: every atom of configuration m carries 2 w^E_m (E_pred_m - E_m)
+    e_bar = (wde * (2.0 * factor)).index_select(0, batch.atom_config)
+    g_bar = None
+    if stress:  # P_mv = sum_(i in m) dE/dx_i . virial_iv
+        per_atom = torch.einsum("ak,avk->av", dedx, batch.virial)
+        pred = e_atom.new_zeros((batch.n_configs, 6)).index_add_(0, batch.atom_config, per_atom)
+        ds = pred - batch.stress
+        wds = batch.w_stress[:, None] * ds
+        total = total + (wds * ds).sum()
+        p_bar = (wds * (2.0 * factor)).index_select(0, batch.atom_config)
+        g_bar = torch.einsum("av,avk->ak", p_bar, batch.virial)
+    if forces:  # F_ja = sum_rows dE/dB_i . rows, dE/dB = dE/dx (times grad_scale for raw rows)
+        dedb = dedx if batch.grad_scale is None else dedx * batch.grad_scale
+        rows = batch.rows_of(grad)
+        contrib = row_contributions(dedb, rows, batch)
+        force = e_atom.new_zeros(batch.force.shape[0]).index_add_(0, batch.row_ja, contrib)
+        df = force - batch.force
+        wdf = batch.w_force * df
+        total = total + torch.dot(wdf, df)
+        # dL/d(contrib_row) = 2 w^F (F_pred - F) at the row's (j, a); dL/dB_i sums rows over i
+        c_bar = (wdf * (2.0 * factor)).index_select(0, batch.row_ja)
+        f_bar = rows_adjoint(c_bar, rows, batch, dedx)
+        if batch.grad_scale is not None:
+            f_bar = f_bar * batch.grad_scale
+        g_bar = f_bar if g_bar is None else g_bar + f_bar
+    model.accumulate_gradients(tapes, e_bar, g_bar)
+    return total * factor
 
 
 @torch.no_grad()

@@ -26,18 +26,31 @@ class Batch:
 
     ``grad_scale`` is None when the set's gradient rows are pre-multiplied by -1/scale;
     otherwise (streamed raw rows) it holds -1/scale of each atom's element, (A_b, K).
+    ``row_ids`` picks the batch's gradient rows from the set's: a slice where they follow each
+    other there (a full pass in order: no copy), else an index tensor (``rows_of``). Row r
+    adds dE/dB_(row_i[r]) . rows[r] to force component ``row_ja[r]`` (3 j + a). On the CPU the
+    rows are instead given as a CSR pattern by atom i (``row_ptr``, ``row_col``: atom i's rows
+    are row_col[row_ptr[i]:row_ptr[i+1]]; ``row_ja`` then lists the rows in that order), so
+    that the force contraction and its adjoint are two sparse products (``potflow.training.loss``).
     """
 
     __slots__ = (
         "x", "counts", "atom_config", "n_configs", "energy", "w_energy", "force", "w_force",
-        "row_ids", "row_i", "row_ja", "grad_scale", "virial", "stress", "w_stress",
+        "row_ids", "row_i", "row_ja", "row_ptr", "row_col", "grad_scale", "virial", "stress", "w_stress",
     )  # fmt: skip
 
     def __init__(self, **kw):
         self.grad_scale = None
         self.virial = self.stress = self.w_stress = None
+        self.row_i = self.row_ptr = self.row_col = None
         for k, v in kw.items():
             setattr(self, k, v)
+
+    def rows_of(self, grad):
+        """This batch's gradient rows of the set's ``grad`` (a view when they are consecutive)."""
+        if isinstance(self.row_ids, slice):
+            return grad[self.row_ids]
+        return grad.index_select(0, self.row_ids)
 
 
 class PreparedSet:
@@ -129,6 +142,8 @@ class PreparedSet:
         self.force = force.to(self.device, non_blocking=pin)
         self.virial = virial.to(self.device, non_blocking=pin)
         self.M, self.A, self.R = M, A, R
+        # the force contraction as sparse products on the CPU; index_add (atomics) on a GPU
+        self.sparse_rows = self.device.type == "cpu"
 
     def _read_virial(self, g, local, pos, scale, virial):
         """dB/d(strain) of one piece's atoms, times -(bar/V) / scale (see ``stress``)."""
@@ -171,9 +186,41 @@ class PreparedSet:
         else:
             out[...] = read_config_rows(src, row_starts, nrows, np.empty((r1 - r0, self.K), src.dtype))
 
+    def _row_pattern(self, row_i, row_ja, rows_per_batch, first_atom, n_atoms, index):
+        """Per batch, the CSR pattern of its gradient rows by atom i (row_ptr, row_col) and
+        ``row_ja`` in that order. The rows of one atom follow each other in the files, so the
+        pattern is the rows' own order (row_col a view of one arange) unless the batch orders
+        its atoms otherwise (option 2: by element); then whole runs of rows are reordered."""
+        dev = self.device
+        atom = np.repeat(first_atom.astype(index), rows_per_batch)
+        atom += row_i  # atom i's position in the pass
+        first_row = np.cumsum(rows_per_batch) - rows_per_batch
+        n = np.asarray(n_atoms)
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(atom, minlength=int(n.sum())))])
+        row_ptr = ptr[concat_ranges(first_atom, n + 1)] - np.repeat(first_row, n + 1)
+        row_ptr_s = torch.split(torch.as_tensor(row_ptr.astype(index), device=dev), (n + 1).tolist())
+        if len(atom) < 2 or bool(np.all(atom[1:] >= atom[:-1])):
+            arange = torch.arange(max(rows_per_batch, default=0), dtype=torch.from_numpy(atom[:0]).dtype, device=dev)
+            return row_ptr_s, [arange[:k] for k in rows_per_batch], row_ja
+        run_start = np.flatnonzero(np.concatenate([[True], atom[1:] != atom[:-1]]))
+        run_atom = atom[run_start]
+        del atom
+        if len(np.unique(run_atom)) == len(run_atom):  # one run per atom: reorder the runs
+            run_len = np.diff(np.append(run_start, len(row_i)))
+            by_atom = np.argsort(run_atom)
+            perm = concat_ranges(run_start[by_atom], run_len[by_atom], dtype=index)
+        else:  # rows of an atom apart: sort the rows themselves
+            atom = np.repeat(first_atom.astype(index), rows_per_batch) + row_i
+            perm = np.argsort(atom, kind="stable").astype(index)
+            del atom
+        row_ja = row_ja[perm]
+        perm -= np.repeat(first_row.astype(index), rows_per_batch)  # within the batch
+        return row_ptr_s, torch.split(torch.as_tensor(perm, device=dev), rows_per_batch), row_ja
+
     def batches(self, order, batch_size):
         """The batches of one pass over the configurations in ``order``, built in one go
-        (``batch_size``: an int, or the size of each batch, see ``batch_sizes``)."""
+        (``batch_size``: an int, or the size of each batch, see ``batch_sizes``). Index tensors
+        are int32 (half the memory and bandwidth of int64) where the counts allow."""
         order = np.asarray(order, dtype=np.int64)
         M, dev = len(order), self.device
         sizes = batch_sizes(M, batch_size)
@@ -192,9 +239,10 @@ class PreparedSet:
             counts = np.bincount(key, minlength=nb * self.n_el).reshape(nb, self.n_el).tolist()
         atoms_per_batch = np.bincount(atom_batch, minlength=nb)
         first_atom = np.cumsum(atoms_per_batch) - atoms_per_batch
-        pos = np.empty(self.A, np.int64)
+        index = np.int32 if max(self.A * 3, self.R) < 2**31 else np.int64
+        pos = np.empty(self.A, index)
         pos[atom_ids] = np.arange(len(atom_ids)) - first_atom[atom_batch]
-        atom_config = atom_pos - starts[atom_batch]
+        atom_config = (atom_pos - starts[atom_batch]).astype(index)
         configs_per_batch = sizes.tolist()
         n_atoms = atoms_per_batch.tolist()
 
@@ -218,19 +266,40 @@ class PreparedSet:
             types_t = torch.as_tensor(self.types[atom_ids], device=dev)
             grad_scales = torch.split(self.grad_scale.to(dev).index_select(0, types_t), n_atoms)
         if self.has_forces:
-            row_ids = concat_ranges(self.row_start[order], nr)
+            row_ids = concat_ranges(self.row_start[order], nr, dtype=index)
             rows_per_batch = np.add.reduceat(nr, starts).tolist() if M else []
             row_i = pos[self.row_i[row_ids]]
-            row_ja = pos[self.row_j[row_ids]] * 3 + self.row_a[row_ids]
-            row_ids_s, row_i_s, row_ja_s = (split(a, rows_per_batch) for a in (row_ids, row_i, row_ja))
+            row_ja = pos[self.row_j[row_ids]]
+            row_ja *= 3
+            row_ja += self.row_a[row_ids]
+            row_i_s, row_ptr_s, row_col_s = [None] * nb, [None] * nb, [None] * nb
+            if self.sparse_rows:
+                row_ptr_s, row_col_s, row_ja = self._row_pattern(row_i, row_ja, rows_per_batch, first_atom, n_atoms, index)
+            else:
+                row_i_s = split(row_i, rows_per_batch)
+            row_ja_s = split(row_ja, rows_per_batch)
+            # a batch whose configurations' rows follow each other in the set takes a slice
+            follows = np.ones(M, bool)
+            follows[1:] = self.row_start[order[1:]] == self.row_start[order[:-1]] + nr[:-1]
+            follows[starts] = True
+            consecutive = np.logical_and.reduceat(follows, starts) if M else np.zeros(0, bool)
+            first_row = self.row_start[order[starts]] if M else np.zeros(0, np.int64)
+            if consecutive.all():
+                row_ids_s = [slice(r, r + n) for r, n in zip(first_row.tolist(), rows_per_batch, strict=True)]
+            else:
+                row_ids_s = list(split(row_ids, rows_per_batch))
+                for b in np.flatnonzero(consecutive).tolist():
+                    row_ids_s[b] = slice(int(first_row[b]), int(first_row[b]) + rows_per_batch[b])
+            del row_ids, row_i, row_ja
         else:
-            row_ids_s = row_i_s = row_ja_s = [None] * nb
+            row_ids_s = row_i_s = row_ja_s = row_ptr_s = row_col_s = [None] * nb
         return [
             Batch(
                 x=xs[b], counts=counts[b] if counts else None, atom_config=atom_configs[b],
                 n_configs=configs_per_batch[b], energy=energies[b], w_energy=w_energy[b],
                 force=forces[b], w_force=w_force[b], row_ids=row_ids_s[b], row_i=row_i_s[b],
-                row_ja=row_ja_s[b], grad_scale=grad_scales[b], virial=virials[b],
+                row_ja=row_ja_s[b], row_ptr=row_ptr_s[b], row_col=row_col_s[b],
+                grad_scale=grad_scales[b], virial=virials[b],
                 stress=stresses[b], w_stress=w_stresses[b],
             )  # fmt: skip
             for b in range(nb)
@@ -246,13 +315,24 @@ class MemoryStore:
         self.cs = cs
         self.set = PreparedSet(cs, shift, scale, layout, dtype, device)
         self.has_forces = self.set.has_forces
+        self._in_order = None  # (batch sizes, batches) of the last pass in the set's order
         cs.data.release_pages()  # the prepared copy is all that stays resident
 
     def __len__(self):
         return len(self.cs)
 
     def epoch(self, order, batch_size):
-        """(prepared set, batches) pairs covering one pass in ``order``."""
+        """(prepared set, batches) pairs covering one pass in ``order``. A pass in the set's own
+        order (validation, each full-batch L-BFGS evaluation: the same pass every time) is laid
+        out once and kept."""
+        order = np.asarray(order)
+        if len(order) == len(self.cs) and np.array_equal(order, np.arange(len(order))):
+            key = tuple(np.atleast_1d(batch_size).tolist())
+            if self._in_order is None or self._in_order[0] != key:
+                self._in_order = None  # the old layout goes before the new one is made
+                self._in_order = (key, self.set.batches(order, batch_size))
+            yield self.set, self._in_order[1]
+            return
         yield self.set, self.set.batches(order, batch_size)
 
 
