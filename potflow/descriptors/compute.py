@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from potflow.data.structures import EV_PER_A3_IN_BAR, cell_heights, iter_configs, load_group
 from potflow.descriptors.folders import META, NpyAppender
@@ -253,6 +252,7 @@ def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=Fals
     B, ref_e, ref_f, ptr, ref_s, volume = [], [], [], [0], [], []
     configs = iter_configs(data)
     if progress:
+        from tqdm import tqdm
 
         configs = tqdm(configs, total=len(data["natoms"]), desc=f"descriptors {group or ''}", mininterval=2)
     off = data["offsets"]
