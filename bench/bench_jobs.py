@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -56,17 +57,21 @@ def uptime():
 
 
 def potflow_descriptors(data, config, cores):
-    """(wall s, LAMMPS s summed over jobs, groups, configs) of import + descriptors from empty."""
+    """(wall s, CPU s of Snakemake and its jobs, LAMMPS s summed over jobs, groups, configs) of
+    import + descriptors from empty."""
     work = Path(tempfile.mkdtemp(prefix="bench_jobs_"))
     cfg = yaml.safe_load(Path(config).read_text())
     cfg.setdefault("path", {})["dataPath"] = str(Path(data).resolve())
     cfg.setdefault("scraper", {})["scraper"] = "JSON"
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall, _, _ = run_snakemake(work, cores, "--until", "compute_descriptors", "--quiet")
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     metas = [json.loads(m.read_text()) for m in (work / "results" / "descriptors").glob("*/*/meta.json")]
     lammps = sum(m["seconds"] for m in metas)
     subprocess.run(["rm", "-rf", str(work)], check=False)
-    return wall, lammps, len(metas), sum(m["num_configs"] for m in metas)
+    return wall, cpu, lammps, len(metas), sum(m["num_configs"] for m in metas)
 
 
 def fitsnap_descriptors(data, system):
@@ -83,14 +88,14 @@ def cmd_descriptors(args):
     system = args.system or ("WBe" if "wbe" in str(args.data).lower() else "Ta")
     for _ in range(args.repeat):
         before = uptime()
-        wall, lammps, groups, configs = potflow_descriptors(args.data, args.config, args.cores)
+        wall, cpu, lammps, groups, configs = potflow_descriptors(args.data, args.config, args.cores)
         fs_desc, fs_wall = fitsnap_descriptors(args.data, system) if not args.no_fitsnap else (float("nan"),) * 2
         after = uptime()
         print(f"uptime before: {before}\nuptime after:  {after}")
         print(
             f"{system} {Path(args.data).name} ({groups} groups, {configs} configs), --cores {args.cores}: "
-            f"potflow {wall:.1f} s (LAMMPS inside jobs {lammps:.1f} s) | FitSNAP descriptor_s {fs_desc:.1f} s "
-            f"(wall {fs_wall:.1f} s) | ratio {wall / fs_desc:.2f}",
+            f"potflow {wall:.1f} s (CPU {cpu:.1f} s, LAMMPS inside jobs {lammps:.1f} s) | FitSNAP descriptor_s {fs_desc:.1f} s "
+            f"(wall {fs_wall:.1f} s) | ratio {wall / fs_desc:.2f}" + (f" | {args.label}" if args.label else ""),
             flush=True,
         )
 
@@ -101,10 +106,13 @@ def cmd_dryrun(args):
     base = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work)]
     base += ["--configfile", str(REPO / "config.yaml"), "--config", f"path={{dataPath: {REPO / 'data' / 'Ta_example'}}}"]
     if not (work / "results" / "fits" / "default" / "md" / "summary.json").exists():
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([*base, "--cores", str(args.cores), "--quiet"], env=child_env(), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        print(f"full run of the bundled example: {time.perf_counter() - t0:.1f} s (--cores {args.cores})")
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+        print(f"uptime: {uptime()}")
+        print(f"full run of the bundled example: {time.perf_counter() - t0:.1f} s, CPU {cpu:.1f} s (--cores {args.cores})")
     print(f"uptime: {uptime()}")
     for _ in range(3):
         t0 = time.perf_counter()
@@ -124,6 +132,7 @@ def main(argv=None):
     d.add_argument("--cores", type=int, default=2)
     d.add_argument("--repeat", type=int, default=1)
     d.add_argument("--no-fitsnap", action="store_true")
+    d.add_argument("--label", help="a note printed with each result line")
     r = sub.add_parser("dryrun")
     r.add_argument("--work", default="/tmp/bench_dryrun")
     r.add_argument("--cores", type=int, default=2)

@@ -108,7 +108,7 @@ def write_files(system, work, export=None):
         "snap quadratic": [overlay.format("snap"), *spec["zbl"], f"pair_coeff * * snap {work}/quad.snapcoeff {work}/quad.snapparam {names}"],
         "mliap linear": [overlay.format(f"mliap model linear {work}/linear.mliap.model {desc}"), *spec["zbl"], f"pair_coeff * * mliap {names}"],
     }  # fmt: skip
-    for width in (64, 32, 16, 8):
+    for width in (64, 8):
         sizes = [K, width, width, 1]
         net = LammpsNetwork(
             elements=elements, activation="tanh", shift=np.zeros((len(elements), K)), scale=np.ones((len(elements), K)),
