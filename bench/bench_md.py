@@ -6,10 +6,10 @@
 (``bench/bench_jobs.py dryrun --work /tmp/bench_dryrun`` runs the bundled example to the end.)
 
 128-atom bcc Ta (a = 3.316 A, 4x4x4 cells; W-Be: bcc W, a = 3.165 A, 1 atom in 8 Be),
-velocities at 300 K, 1,000 NVE steps of 1 fs, one core, every potential in a fresh LAMMPS
-instance of this process, in turns (``--rounds``) so that they see the same load. Each line
-gives ns/day, LAMMPS's own ``Pair`` share of the loop and the ratio to ``pair_style snap`` of
-the same round (same descriptor settings: the bundled example's with Ta06A's coefficients, or
+velocities at 300 K, 1,000 NVE steps of 1 fs, one thread, every potential in a fresh LAMMPS
+instance of this process, in turns (``--rounds``). Each line gives ns/day from the run's CPU
+time (on a shared machine its wall time also counts other processes; both are printed),
+LAMMPS's own ``Pair`` share of the loop and the ratio to ``pair_style snap`` of the same round (same descriptor settings: the bundled example's with Ta06A's coefficients, or
 configs/WBe.yaml's with small random ones). The variants separate the costs:
 
 - ``snap``: ``pair_style snap``, linear; thermo every 1,000 steps, so it forms the descriptors B
@@ -144,7 +144,9 @@ def write_files(system, work, export=None):
 
 
 def run_md(system, commands, steps):
-    """(ns/day, Pair share of the loop, potential energy at step 0) of one NVE run."""
+    """(ns/day of CPU time, Pair share of the loop, potential energy at step 0, ns/day of wall
+    time) of one NVE run. The CPU time (one thread) is what the run costs; on a shared machine
+    its wall time also counts the time other processes held the core."""
     spec = SYSTEMS[system]
     lmp = open_lammps()
     log = tempfile.NamedTemporaryFile(suffix=".lammps", delete=False).name
@@ -168,16 +170,16 @@ def run_md(system, commands, steps):
             "timestep 0.001\nfix nve all nve\nthermo 1000\nthermo_style custom step pe ke etotal\nrun 0\n"
         )
         pe0 = lmp.get_thermo("pe")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         lmp.command(f"run {steps}")
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         lmp.command("log none")
     finally:
         lmp.close()
     text = Path(log).read_text()
     os.unlink(log)
     pair = [ln for ln in text.splitlines() if ln.startswith("Pair ")][-1].split("|")
-    return steps * 1e-6 / seconds * 86400, float(pair[-1]) / 100, pe0
+    return steps * 1e-6 / cpu * 86400, float(pair[-1]) / 100, pe0, steps * 1e-6 / seconds * 86400
 
 
 def main(argv=None):
@@ -199,13 +201,13 @@ def main(argv=None):
             results[name].append(run_md(args.system, commands, args.steps))
     print(f"uptime after:  {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     snap = [r[0] for r in results["snap"]]
-    print("\n| potential | ns/day (each round) | Pair share of the loop | / snap (same round, median) | E at step 0 (eV) |")
-    print("|---|---|---|---|---|")
+    print("\n| potential | ns/day of CPU time (each round) | / snap (same round, median) | ns/day of wall time | Pair share of the loop | E at step 0 (eV) |")
+    print("|---|---|---|---|---|---|")
     for name, runs in results.items():
         ratio = np.median([r[0] / s for r, s in zip(runs, snap, strict=True)])
         print(
-            f"| {name} | {' / '.join(f'{r[0]:.2f}' for r in runs)} | {np.mean([r[1] for r in runs]):.1%} | "
-            f"{ratio:.2f} | {runs[0][2]:.10f} |"
+            f"| {name} | {' / '.join(f'{r[0]:.2f}' for r in runs)} | {ratio:.2f} | "
+            f"{' / '.join(f'{r[3]:.2f}' for r in runs)} | {np.mean([r[1] for r in runs]):.1%} | {runs[0][2]:.10f} |"
         )
     e = [results[k][0][2] for k in ("snap", "snap quadratic", "mliap linear")]
     print(f"\nsnap, snap quadratic, mliap linear: max |dE| at step 0 = {max(e) - min(e):.2e} eV (same potential)")
