@@ -78,11 +78,17 @@ def group_source(wildcards):
 
 
 def group_input_files(wildcards):
-    """The raw files of one group, so editing one file reruns only that group."""
-    source = group_source(wildcards)
-    if data_source(wildcards.get("test_set"))[1] == "JSON":
-        return sorted(str(p) for p in source.glob("*.json"))
-    return [str(source)]
+    """The raw input of one group: its XYZ file, or its JSON folder (whose files the import
+    job's params.files stamps, so editing one file reruns only that group)."""
+    return [str(group_source(wildcards))]
+
+
+def group_files_stamp(wildcards):
+    """A JSON group's files (names, sizes, times) as one string; "" for an XYZ file (its own
+    input). See potflow.config.groups.group_files_stamp."""
+    if data_source(wildcards.get("test_set"))[1] != "JSON":
+        return ""
+    return pfgroups.group_files_stamp(group_source(wildcards))
 
 
 def descriptor_dirs(fit, test_set=None):

@@ -14,13 +14,14 @@ rule import_group:
         "../envs/potflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda w, input: 1000 + 10 * int(input.size_mb),
+        mem_mb=lambda w: 1000 + 10 * int(pfgroups.group_size_mb(group_source(w))),
         runtime=15,
     params:
         source=lambda w: str(group_source(w)),
         scraper=lambda w: data_source(w.get("test_set"))[1],
         elements=pfconfig.elements(POTFLOW),
         min_distance=POTFLOW["descriptors"]["min_distance"],
+        files=group_files_stamp,
     script:
         "../workflow_scripts/data.py"
 

@@ -24,16 +24,14 @@ wildcard_constraints:
     kind="|".join(layout.PROPERTY_KINDS),
 
 
-# A bad crystal (element, lattice, structure file) stops the workflow before anything runs;
-# where Snakemake's own environment has no ASE (--use-conda), the jobs check instead.
-try:
-    from potflow.properties.structures import check_crystals
-except ImportError:
-    check_crystals = lambda cfg: None
+# A bad crystal (element, lattice, structure file) stops the workflow before anything runs
+# (checked once per set of crystals; where Snakemake's own environment has no ASE
+# (--use-conda), the jobs check instead).
+from potflow.properties.structures import check_crystals_once
 
 for _fit in FITS:
     if fit_property_kinds(_fit):
-        check_crystals(FITS[_fit])
+        check_crystals_once(FITS[_fit], layout.PARSE_CHECKS)
 
 
 rule property_kind:

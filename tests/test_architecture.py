@@ -1,6 +1,7 @@
 """The package's shape: imports run one way (no cycles), and every stage has its three hops."""
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -178,3 +179,26 @@ def test_the_path_check_finds_a_path():
     for line in ['f"{RESULTS}/fits/{{fit}}/model.pt"', '"results/logs/x.log"', "log: 'logs/md.log'"]:
         assert HAND_WRITTEN_PATH.search(line), line
     assert not HAND_WRITTEN_PATH.search('layout.model("{fit}")')
+
+
+# What a job of a small stage must not import: each job is a new Python process, and on small
+# groups its start is most of its cost (bench/RESULTS.md, "Small jobs and descriptors").
+HEAVY_MODULES = ("ase", "scipy", "torch", "pandas", "matplotlib", "tqdm")
+LIGHT_JOB_MODULES = ("potflow.data.structures", "potflow.descriptors.compute", "potflow.workflow.rulescript")
+
+
+def test_import_and_descriptor_jobs_import_no_heavy_module(repo_root):
+    """The modules an import or descriptor job runs import none of ASE, scipy, torch, pandas,
+    matplotlib (each adds 0.1-1 s to every job). Fails when one of them is imported at the top
+    of potflow.data.structures or potflow.descriptors.compute (checked: ``import ase.io`` put
+    back at the top of structures.py fails it)."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; import {', '.join(LIGHT_JOB_MODULES)}; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY_MODULES!r})))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -268,3 +268,22 @@ def test_a_bad_crystal_stops_the_workflow_before_it_runs(tmp_path, repo_root):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert "field 'properties.crystals.Ta_bcc.lattice': ASE cannot build" in run.stdout + run.stderr
+
+
+def test_crystals_are_checked_once_per_set_of_crystals(tmp_path):
+    """The parse-time crystal check leaves a marker and is skipped while the crystals stay the
+    same (so a Snakemake start need not import ASE); a changed crystal is checked again and a
+    bad one still fails. Fails when the marker is ignored (no file) or reused for another set
+    of crystals (the bad crystal would pass)."""
+    from potflow.properties.structures import check_crystals_once
+
+    good = props_config()
+    check_crystals_once(good, tmp_path)
+    markers = list(tmp_path.glob("crystals_*.ok"))
+    assert len(markers) == 1
+    check_crystals_once(good, tmp_path)
+    assert list(tmp_path.glob("crystals_*.ok")) == markers
+    bad = props_config(lattice="hexagonal_nonsense")
+    with pytest.raises(PotflowInputError, match="field 'properties.crystals.Ta_bcc.lattice'"):
+        check_crystals_once(bad, tmp_path)
+    assert list(tmp_path.glob("crystals_*.ok")) == markers

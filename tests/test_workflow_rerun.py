@@ -116,3 +116,28 @@ def test_editing_one_group_reruns_only_that_group(built, repo_root):
         "import_group": {"Surface_100"},
         "compute_descriptors": {"Surface_100"},
     }
+
+
+@pytest.mark.slow  # end to end: runs the first two stages
+def test_editing_one_json_file_reruns_only_its_group(tmp_path, shared_data):
+    """A JSON group is one input path (its folder) plus a stamp of its files' names, sizes and
+    times (the import job's params.files): an edit in place of one file, which leaves the
+    folder's time as it was, reruns that group's import and descriptors and nothing else of
+    those stages. Fails when the stamp is left out of the import job's params (checked: then
+    nothing is planned)."""
+    from tiny_ta import copy_tiny_groups, tiny_config
+
+    copy_tiny_groups(shared_data, tmp_path / "data", {"Liquid": 1, "Volume_FCC": 2})
+    cfg = {**tiny_config(), "md": {"enabled": False}, "properties": {"enabled": False}}
+    write_config(tmp_path, cfg)
+    until = ("--until", "compute_descriptors")
+    snakemake(tmp_path, "--cores", "2", "--quiet", *until)
+    assert job_counts(snakemake(tmp_path, "--dry-run", "--quiet", "rules", *until)) == {}
+    edited = sorted((tmp_path / "data" / "Volume_FCC").glob("*.json"))[0]
+    folder_time = (tmp_path / "data" / "Volume_FCC").stat().st_mtime_ns
+    with open(edited, "a") as fh:  # in place: the folder's time does not change
+        fh.write(" ")
+    assert (tmp_path / "data" / "Volume_FCC").stat().st_mtime_ns == folder_time
+    counts = job_counts(snakemake(tmp_path, "--dry-run", "--quiet", "rules", *until))
+    assert counts == {"import_group": 1, "compute_descriptors": 1}, counts
+    assert per_group(planned(tmp_path)) == {"import_group": {"Volume_FCC"}, "compute_descriptors": {"Volume_FCC"}}

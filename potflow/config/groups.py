@@ -1,5 +1,7 @@
 """The data groups of a config: discovery in the data folder, and each group's sizes and weights."""
 
+import hashlib
+import os
 from pathlib import Path
 
 from potflow.errors import PotflowInputError
@@ -63,6 +65,33 @@ def group_source(data_dir, scraper, group):
         if (data_dir / f"{group}{suffix}").exists():
             return data_dir / f"{group}{suffix}"
     return data_dir / f"{group}.xyz"
+
+
+def group_files_stamp(source):
+    """The names, sizes and modification times (ns) of a JSON group's files, as one string.
+
+    The import job of a JSON group takes the folder as its input and this stamp as a parameter:
+    editing, adding or removing one file changes the stamp, so Snakemake reruns that group's
+    job (its params trigger), while it checks one input path per group instead of every file
+    (it stats each input of each ready job at every scheduling round: with one path per file,
+    the W-Be set's 25,422 files cost its main process more CPU than the import jobs themselves).
+    """
+    entries = []
+    with os.scandir(source) as it:
+        for entry in it:
+            if entry.name.endswith(".json") and entry.is_file():
+                st = entry.stat()
+                entries.append(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
+
+
+def group_size_mb(source):
+    """Size of a group's raw files in MB (a JSON folder's files summed)."""
+    source = Path(source)
+    if source.is_dir():
+        with os.scandir(source) as it:
+            return sum(e.stat().st_size for e in it if e.name.endswith(".json") and e.is_file()) / 2**20
+    return source.stat().st_size / 2**20 if source.exists() else 0.0
 
 
 def fit_groups(cfg, basedir="."):

@@ -12,11 +12,7 @@ import json
 import math
 from pathlib import Path
 
-import ase.io
 import numpy as np
-from ase import Atoms
-from ase.neighborlist import neighbor_list
-from ase.stress import voigt_6_to_full_3x3_stress
 
 from potflow.errors import PotflowInputError
 from potflow.fileio import write_npz
@@ -124,6 +120,11 @@ def read_json_group(folder):
 
 def read_xyz_group(path):
     """Configurations of an extended XYZ file (energy and forces required), read with ASE."""
+    # ASE (with scipy) takes ~0.5 s to import: only the XYZ reader and large cells need it, so
+    # a JSON import or a descriptor job starts without it
+    import ase.io
+    from ase.stress import voigt_6_to_full_3x3_stress
+
     path = Path(path)
     try:
         frames = ase.io.read(path, index=":", format="extxyz")
@@ -194,6 +195,9 @@ def shortest_distance(positions, cell, pbc, cutoff):
         d = np.sqrt(np.einsum("ij,ij->i", diff, diff)) if len(diff) else np.empty(0)
         d = d[d < cutoff]
         return float(d.min()) if len(d) else None
+
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
 
     d = neighbor_list("d", Atoms(positions=positions, cell=cell, pbc=pbc), cutoff)
     return float(d.min()) if len(d) else None

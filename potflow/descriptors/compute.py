@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from potflow.data.structures import EV_PER_A3_IN_BAR, cell_heights, iter_configs, load_group
 from potflow.descriptors.folders import META, NpyAppender
@@ -201,25 +200,32 @@ class SnapCalculator:
 
         n = len(types)
         T = self._setup(np.asarray(positions, float), cell, pbc, types)
-        arr = np.array(self.lmp.numpy.extract_compute("snap", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY))
         K = self.K
         if self.with_gradients:
+            # a view of LAMMPS's dense (N + 3N^2 + 1) x (K + 3) array: only the pairs within the
+            # cutoff are copied (copies of the whole array were ~40 % of a 256-atom configuration)
+            arr = self.lmp.numpy.extract_compute("snap", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY)
             if arr.shape != (n + 3 * n * n + 1, K + 3):
                 raise RuntimeError(f"unexpected compute snap array shape {arr.shape} for {n} atoms, K={K}")
-            B = arr[:n, 3:]
-            ref_forces = arr[:n, :3] @ T  # back to the input frame: F = T^T F'
-            ref_energy = arr[-1, 0]
-            # rows n + 3n*j + 3i + a hold -dB_i/dR_j^a (LAMMPS's sign)
-            grad = -arr[n:-1, 3:].reshape(n, n, 3, K)
+            B = np.array(arr[:n, 3:])
+            ref_forces = np.array(arr[:n, :3]) @ T  # back to the input frame: F = T^T F'
+            ref_energy = float(arr[-1, 0])
+            # rows n + 3n*j + 3i + a hold -dB_i/dR_j^a (LAMMPS's sign); pair p = j*n + i
+            rows = arr[n:-1, 3:]
+            pairs = np.unique(np.flatnonzero(np.any(rows != 0.0, axis=1)) // 3)
+            grad = -rows.reshape(n * n, 3, K)[pairs]  # (P, 3, K)
+            del arr, rows
             if not np.allclose(T, np.eye(3)):
-                grad = np.einsum("jiak,ab->jibk", grad, T)
-            grad = grad.transpose(1, 0, 2, 3).reshape(-1, K)  # row = (i*n + j)*3 + a
+                grad = np.einsum("pak,ab->pbk", grad, T)
+            j, i = np.divmod(pairs, n)
+            order = np.argsort(i * n + j, kind="stable")  # row = (i*n + j)*3 + a, as stored
+            grad, i, j = grad[order].reshape(-1, K), np.repeat(i[order], 3), np.repeat(j[order], 3)
+            a = np.tile(np.arange(3), len(pairs))
             keep = np.flatnonzero(np.any(grad != 0.0, axis=1))
-            i, rem = np.divmod(keep, 3 * n)
-            j, a = np.divmod(rem, 3)
-            index = np.stack([i, j, a], axis=1).astype(np.int32)
+            index = np.stack([i[keep], j[keep], a[keep]], axis=1).astype(np.int32)
             values = grad[keep]
         else:
+            arr = np.array(self.lmp.numpy.extract_compute("snap", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY))
             # without dgradflag, columns hold one block of K per atom type: take each atom's own
             B = arr[np.arange(n)[:, None], np.asarray(types, np.int64)[:, None] * K + np.arange(K)]
             ref_energy = arr[0, -1]
@@ -253,6 +259,7 @@ def compute_group_descriptors(cfg, data_path, out_dir, group=None, progress=Fals
     B, ref_e, ref_f, ptr, ref_s, volume = [], [], [], [0], [], []
     configs = iter_configs(data)
     if progress:
+        from tqdm import tqdm
 
         configs = tqdm(configs, total=len(data["natoms"]), desc=f"descriptors {group or ''}", mininterval=2)
     off = data["offsets"]

@@ -111,6 +111,10 @@ EVALUATION_FIGURES = ("energy_parity", "force_parity", "group_errors", "force_er
 LOSS_FIGURE = "loss_curves"
 COMMITTEE_FIGURE = "committee_uncertainty"
 
+# Where the workflow remembers the config checks that passed at parse time (markers only, in
+# Snakemake's own folder of the working directory), so that a later start skips them.
+PARSE_CHECKS = ".snakemake/potflow_checks"
+
 # What each wildcard may match (the rules' wildcard_constraints).
 NAME = r"[^/]+"  # a group, fit, test set or potential: one folder name
 DESCRIPTOR_KEY = r"[0-9a-f]{12}"
