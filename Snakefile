@@ -49,6 +49,16 @@ include: "rules/properties.smk"
 include: "rules/sweeps.smk"
 
 
+# On Slurm, before the first sbatch: GPU jobs on a cluster without GPUs stop the run in one
+# line (sbatch would refuse them, and Snakemake print each whole sbatch call).
+onstart:
+    from potflow.workflow.slurm import check_gpus_before_submitting
+
+    check_gpus_before_submitting(
+        workflow, pfconfig.config_source(workflow.configfiles)
+    )
+
+
 rule all:
     default_target: True
     input:

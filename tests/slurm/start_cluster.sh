@@ -95,6 +95,8 @@ AccountingStorageHost=127.0.0.1
 AccountingStorageEnforce=associations
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
+# sacct shows the comment the Slurm executor plugin gives each job (rule_<rule>_wildcards_...)
+AccountingStoreFlags=job_comment
 # a job that is cancelled or runs out of time is killed 5 s after SIGTERM
 KillWait=5
 SchedulerParameters=sched_interval=2

@@ -296,6 +296,8 @@ def main():
         scancel(argv)
     elif command == "srun":
         srun(argv)
+    elif command == "sinfo" and any("%G" in a for a in argv):
+        print("gpu:1")  # the node's generic resources: potflow checks a GPU job has a GPU to get
     elif command == "sinfo":
         print(f"PARTITION\n{PARTITION}*")
     elif command in ("sacctmgr", "sshare"):
