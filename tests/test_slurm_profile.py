@@ -152,7 +152,10 @@ def test_profile_is_valid_yaml_with_gpu_training(repo_root, tiny_run):
 @pytest.mark.slow  # end to end: runs the workflow
 def test_descriptor_jobs_on_slurm(repo_root, tiny_run, tmp_path):
     workdir, groups, cfg = tiny_run
-    run = run_with_standin_slurm(repo_root, workdir, tmp_path / "slurm", *targets(groups, cfg))
+    # sacct for the status queries (the profile's squeue: test_failed_job_is_reported)
+    run = run_with_standin_slurm(
+        repo_root, workdir, tmp_path / "slurm", "--slurm-status-command", "sacct", *targets(groups, cfg)
+    )
     assert run.returncode == 0, run.output[-5000:]
 
     # which jobs were submitted, and that each ran to completion through sbatch and srun

@@ -57,6 +57,7 @@ install_packages() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    say "installed"
 }
 
 write_conf() {
@@ -175,14 +176,19 @@ start_slurm() {
     fi
 }
 
-stop_daemon() {  # stop_daemon PIDFILE NAME
-    local pidfile=$1 pid
-    pid_alive "$pidfile" || return 0
-    pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    say "$2 (pid $pid) did not stop in 10 s; killing it"
-    kill -9 "$pid" 2>/dev/null || true
+stop_daemons() {  # stop_daemons PIDFILE...: SIGTERM to all at once, SIGKILL after 20 s
+    local pids=() pidfile pid
+    for pidfile in "$@"; do
+        pid_alive "$pidfile" && pids+=("$(cat "$pidfile")")
+    done
+    [ ${#pids[@]} -eq 0 ] && return 0
+    kill "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 200); do
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && sleep 0.1 && continue 2; done
+        return 0
+    done
+    say "killing what did not stop in 20 s: ${pids[*]}"
+    kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 case "${1:-start}" in
@@ -201,11 +207,8 @@ start)
     say "running: $(sinfo -h -N -o '%N %P %c CPUs %m MB %t'); state and logs in $STATE"
     ;;
 stop)
-    stop_daemon "$STATE/slurmd.pid" slurmd
-    stop_daemon "$STATE/slurmctld.pid" slurmctld
-    stop_daemon "$STATE/slurmdbd.pid" slurmdbd
-    stop_daemon "$STATE/mariadb/mariadb.pid" mariadbd
-    stop_daemon /run/munge/munged.pid munged
+    stop_daemons "$STATE/slurmd.pid" "$STATE/slurmctld.pid" "$STATE/slurmdbd.pid"
+    stop_daemons "$STATE/mariadb/mariadb.pid" /run/munge/munged.pid
     say "stopped"
     ;;
 status)
