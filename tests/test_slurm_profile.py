@@ -278,3 +278,24 @@ def test_interrupt_cancels_the_jobs(repo_root, shared_data, tmp_path):
         if job["pid"] is not None:  # None: cancelled before it started
             assert _group_ends(job["pid"], within=20), f"job {job['id']} still runs after scancel"
     assert not (workdir / "results" / "descriptors").exists()
+
+
+def test_gpu_jobs_need_a_gpu_on_the_cluster():
+    """potflow's check before the first sbatch (potflow/workflow/slurm.py), on sinfo answers:
+    GPU jobs pass where a node lists a GPU gres, stop in one line where none does, and pass
+    unchecked where sinfo does not answer. Catches: a gres parser that misses `gpu:a100:4(S:0)`
+    or takes `(null)` / a `shard` gres for a GPU."""
+    from potflow.errors import PotflowInputError
+    from potflow.workflow.slurm import check_slurm_gpus, has_gpus
+
+    assert has_gpus({"(null)", "gpu:a100:4(S:0-1)"}) and has_gpus({"gpu:2"}) and has_gpus({"craynetwork:1,gpu:1"})
+    assert not has_gpus({"(null)"}) and not has_gpus({"shard:gpu_a:4"}) and not has_gpus(set())
+
+    def sinfo(stdout, returncode=0):
+        return lambda *a, **k: subprocess.CompletedProcess(a, returncode, stdout=stdout, stderr="")
+
+    check_slurm_gpus(1, "config.yaml: resources.train_gpus", run=sinfo("(null)\ngpu:4\n"))
+    check_slurm_gpus(0, "config.yaml: resources.train_gpus", run=sinfo("(null)\n"))
+    check_slurm_gpus(1, "config.yaml: resources.train_gpus", run=sinfo("", returncode=1))
+    with pytest.raises(PotflowInputError, match=r"^config.yaml: resources.train_gpus: 1 GPU\(s\) asked .* has a GPU"):
+        check_slurm_gpus(1, "config.yaml: resources.train_gpus", run=sinfo("(null)\n"))
