@@ -24,6 +24,7 @@ from collections import Counter
 
 import pytest
 import yaml
+from workflow_runs import REPO as ROOT
 from workflow_runs import scratch_copy
 
 from potflow.config.load import load_config
@@ -204,6 +205,8 @@ def test_gpu_job_without_gpus_is_refused_in_one_line(cluster, tmp_path):
     last = output.strip().splitlines()[-1]
     assert last.startswith("potflow error: config config.yaml: resources.train_gpus: 1 GPU(s) asked for"), last
     assert "no node of this Slurm cluster has a GPU" in last and "resources.train_gpus: 0" in last, last
+    shown = [line.strip() for line in (ROOT / "docs" / "cluster.md").read_text().splitlines()]
+    assert last in shown, "docs/cluster.md shows another line for this refusal"
 
 
 def test_cancelled_training_job_is_reported_and_resumes(example_on_slurm, tmp_path):
