@@ -49,12 +49,12 @@ include: "rules/properties.smk"
 include: "rules/sweeps.smk"
 
 
-# On Slurm, before the first sbatch: GPU jobs on a cluster without GPUs stop the run in one
-# line (sbatch would refuse them, and Snakemake print each whole sbatch call).
+# On Slurm, before the first sbatch: GPU jobs on a cluster without GPUs, or jobs larger than
+# every node, stop the run in one line (sbatch would refuse them, or Slurm keep them pending).
 onstart:
-    from potflow.workflow.slurm import check_gpus_before_submitting
+    from potflow.workflow.slurm import check_jobs_before_submitting
 
-    check_gpus_before_submitting(
+    check_jobs_before_submitting(
         workflow, pfconfig.config_source(workflow.configfiles)
     )
 

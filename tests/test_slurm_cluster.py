@@ -209,6 +209,34 @@ def test_gpu_job_without_gpus_is_refused_in_one_line(cluster, tmp_path):
     assert last in shown, "docs/cluster.md shows another line for this refusal"
 
 
+def test_job_larger_than_every_node_is_refused_in_one_line(cluster, tmp_path):
+    """A training job asking for one CPU more than the node has (the profile's 8 is more than
+    a small node has). Slurm (no EnforcePartLimits) queues such a job and keeps it pending
+    (reason PartitionConfig); potflow stops before submitting anything, in one line naming the
+    rule. Catches: a run that waits for ever on a job no node can start."""
+    cpus = 1 + max(int(n) for n in subprocess.check_output(["sinfo", "-h", "-o", "%c"], text=True).split())
+    queued = subprocess.run(
+        ["sbatch", "--parsable", f"--cpus-per-task={cpus}", "--wrap=true"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
+    try:
+        reason = ""
+        for _ in range(50):
+            reason = subprocess.run(["squeue", "-h", "-j", queued, "-o", "%T %r"], capture_output=True, text=True, timeout=60).stdout
+            if "PartitionConfig" in reason:
+                break
+            time.sleep(0.2)
+        assert reason.split() == ["PENDING", "PartitionConfig"], reason
+    finally:
+        subprocess.run(["scancel", queued], timeout=60)
+    command = f"{GPU_RUN} --set-resources train:gpu=0 --set-threads train={cpus}"
+    run = slurm_run(scratch_copy(tmp_path), command, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode == 1 and not SUBMITTED.search(output), output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"potflow error: rule train: a job asks for {cpus} CPUs and "), last
+    assert f"(the largest: {cpus - 1} CPUs," in last and "pending for ever" in last, last
+
+
 def test_cancelled_training_job_is_reported_and_resumes(example_on_slurm, tmp_path):
     """scancel ends the training job after its first checkpoint: Snakemake reports the Slurm
     state and the job's Slurm log; the profile's retry (retries: 1) resubmits it, the training

@@ -280,13 +280,14 @@ def test_interrupt_cancels_the_jobs(repo_root, shared_data, tmp_path):
     assert not (workdir / "results" / "descriptors").exists()
 
 
-def test_gpu_jobs_need_a_gpu_on_the_cluster():
-    """potflow's check before the first sbatch (potflow/workflow/slurm.py), on sinfo answers:
-    GPU jobs pass where a node lists a GPU gres, stop in one line where none does, and pass
-    unchecked where sinfo does not answer. Catches: a gres parser that misses `gpu:a100:4(S:0)`
-    or takes `(null)` / a `shard` gres for a GPU."""
+def test_jobs_must_fit_a_node_of_the_cluster():
+    """potflow's checks before the first sbatch (potflow/workflow/slurm.py), on sinfo answers:
+    GPU jobs pass where a node lists a GPU gres and stop in one line where none does; a job
+    larger than every node (CPUs or memory) stops in one line naming its rule; nothing is
+    checked where sinfo does not answer. Catches: a gres parser that misses `gpu:a100:4(S:0)` or
+    takes `(null)` / a `shard` gres for a GPU, a size check that compares with the wrong node."""
     from potflow.errors import PotflowInputError
-    from potflow.workflow.slurm import check_slurm_gpus, has_gpus
+    from potflow.workflow.slurm import check_slurm_gpus, check_slurm_node_sizes, has_gpus
 
     assert has_gpus({"(null)", "gpu:a100:4(S:0-1)"}) and has_gpus({"gpu:2"}) and has_gpus({"craynetwork:1,gpu:1"})
     assert not has_gpus({"(null)"}) and not has_gpus({"shard:gpu_a:4"}) and not has_gpus(set())
@@ -294,8 +295,15 @@ def test_gpu_jobs_need_a_gpu_on_the_cluster():
     def sinfo(stdout, returncode=0):
         return lambda *a, **k: subprocess.CompletedProcess(a, returncode, stdout=stdout, stderr="")
 
-    check_slurm_gpus(1, "config.yaml: resources.train_gpus", run=sinfo("(null)\ngpu:4\n"))
-    check_slurm_gpus(0, "config.yaml: resources.train_gpus", run=sinfo("(null)\n"))
-    check_slurm_gpus(1, "config.yaml: resources.train_gpus", run=sinfo("", returncode=1))
+    cluster = sinfo("2|24105|(null)\n64|512000+|gpu:4\n")
+    where = "config.yaml: resources.train_gpus"
+    check_slurm_gpus(1, where, run=cluster)
+    check_slurm_gpus(0, where, run=sinfo("2|24105|(null)\n"))
+    check_slurm_gpus(1, where, run=sinfo("", returncode=1))
     with pytest.raises(PotflowInputError, match=r"^config.yaml: resources.train_gpus: 1 GPU\(s\) asked .* has a GPU"):
-        check_slurm_gpus(1, "config.yaml: resources.train_gpus", run=sinfo("(null)\n"))
+        check_slurm_gpus(1, where, run=sinfo("2|24105|(null)\n"))
+    check_slurm_node_sizes([("train", 64, 500000), ("compute_descriptors", 1, None)], run=cluster)
+    check_slurm_node_sizes([("train", 8, 32000)], run=sinfo("", returncode=1))
+    for too_big in [("train", 65, 1000), ("train", 8, 600000)]:
+        with pytest.raises(PotflowInputError, match=r"^rule train: a job asks for .* \(the largest: 64 CPUs, 512000 MB"):
+            check_slurm_node_sizes([("import_group", 1, 1000), too_big], run=cluster)

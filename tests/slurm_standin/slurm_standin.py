@@ -297,7 +297,7 @@ def main():
     elif command == "srun":
         srun(argv)
     elif command == "sinfo" and any("%G" in a for a in argv):
-        print("gpu:1")  # the node's generic resources: potflow checks a GPU job has a GPU to get
+        print("64|512000|gpu:1")  # CPUs|memory|gres (sinfo -o %c|%m|%G): potflow checks jobs fit
     elif command == "sinfo":
         print(f"PARTITION\n{PARTITION}*")
     elif command in ("sacctmgr", "sshare"):
