@@ -49,6 +49,16 @@ include: "rules/properties.smk"
 include: "rules/sweeps.smk"
 
 
+# On Slurm, before the first sbatch: GPU jobs on a cluster without GPUs, or jobs larger than
+# every node, stop the run in one line (sbatch would refuse them, or Slurm keep them pending).
+onstart:
+    from potflow.workflow.slurm import check_jobs_before_submitting
+
+    check_jobs_before_submitting(
+        workflow, pfconfig.config_source(workflow.configfiles)
+    )
+
+
 rule all:
     default_target: True
     input:

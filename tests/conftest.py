@@ -24,6 +24,16 @@ def repo_root():
     return ROOT
 
 
+@pytest.fixture(scope="session")
+def bundled_example(tmp_path_factory):
+    """A scratch copy of the repository in which the README's `snakemake --cores 2` ran the
+    bundled example to the end; run once per session: tests/test_docs.py runs the docs' commands
+    in it, tests/test_slurm_cluster.py compares a Slurm run's results with it."""
+    from workflow_runs import run_bundled_example
+
+    return run_bundled_example(tmp_path_factory.mktemp("example"))
+
+
 @pytest.fixture(scope="module")
 def ta(tmp_path_factory):
     """One element (Ta), two synthetic groups of 12 and 9 configurations: (config, folders)."""

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_runs import job_counts
+from workflow_runs import EXAMPLE_COMMAND, job_counts, scratch_copy
 
 from potflow.config.load import prepare_config
 from potflow.config.sweeps import expand_fits
@@ -56,6 +56,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #   pip      with --dry-run --no-index --no-build-isolation appended, in the scratch copy: the
 #            requirement resolves against what is installed, nothing is installed
 #   ci       .ci/run runs it verbatim (CI); the suite does not run itself again here
+#   cluster  tests/test_slurm_cluster.py runs it as written (its DOCS_COMMANDS) on the one-node
+#            Slurm cluster that tests/slurm/start_cluster.sh starts; skipped without one
 #   collect  with --collect-only appended, in the checkout: the selection it makes
 #   repo     as written, in the checkout (lint: the same commands as tests/test_lint.py; the gpu tests on the CPU)
 #   site     with --site-dir <temporary folder> appended, in the checkout
@@ -89,7 +91,12 @@ CHECKS = {
     "snakemake --resources mem_mb=16000": ["dry"],
     "snakemake --unlock": ["copy"],
     "potflow gpu -n 1 -- python my_script.py": ["copy"],
-    "snakemake --workflow-profile profiles/slurm": ["slurm"],
+    "snakemake --workflow-profile profiles/slurm": ["slurm", "cluster"],
+    "bash tests/slurm/start_cluster.sh": ["ci"],
+    "bash tests/slurm/start_cluster.sh stop": ["ci"],
+    "snakemake results/fits/default/metrics.dat --workflow-profile profiles/slurm --set-threads train=2 --set-resources train:gpu=0 train:mem_mb=4000 train:runtime=60": ["cluster"],
+    "sacct -X -P -S now-1hour -o JobID,Comment,State,ReqCPUS,ReqMem,Timelimit": ["cluster"],
+    "python -m pytest -q -m slurm_cluster": ["collect"],
     "snakemake --workflow-profile profiles/slurm --until compute_descriptors": ["slurm"],
     "sbatch train_multinode.sh": ["sbatch"],
     "potflow train --config config.yaml": ["short"],
@@ -334,23 +341,15 @@ def test_ci_runs_the_readme_test_command():
             assert any(text in line for line in ci), text
 
 
+def test_cluster_commands_are_the_ones_the_cluster_tests_run():
+    """The commands marked "cluster" are those tests/test_slurm_cluster.py runs, as written."""
+    import test_slurm_cluster
+
+    marked = {text for text, kinds in CHECKS.items() if "cluster" in kinds}
+    assert marked == set(test_slurm_cluster.DOCS_COMMANDS)
+
+
 # ----------------------------------------------------------------------------- scratch copies
-
-
-IGNORED = shutil.ignore_patterns(
-    ".git", "results", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache",
-    ".benchmarks", "site", "build", "report.html",
-)  # fmt: skip
-
-
-def scratch_copy(base):
-    """The repository in base/potflow (no results), with ../shared beside it as in a checkout."""
-    dest = base / "potflow"
-    shutil.copytree(ROOT, dest, ignore=IGNORED, symlinks=True)
-    shared = ROOT.parent / "shared"
-    if shared.is_dir():
-        (base / "shared").symlink_to(shared)
-    return dest
 
 
 def fitsnap_input(solver="PYTORCH"):
@@ -374,13 +373,15 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def example(tmp_path_factory):
-    """A scratch copy in which the README's `snakemake --cores 2` ran the bundled example."""
-    dest = scratch_copy(tmp_path_factory.mktemp("example"))
-    shell(COMMANDS["snakemake --cores 2"].text, dest, timeout=900)
+def example(bundled_example):
+    """A scratch copy in which the README's `snakemake --cores 2` ran the bundled example
+    (conftest's bundled_example, shared with tests/test_slurm_cluster.py)."""
+    assert COMMANDS["snakemake --cores 2"].text == EXAMPLE_COMMAND
+    dest = bundled_example
     # what the LAMMPS page asks the user to do
     shutil.copy(ROOT / "docs" / "examples" / "in.nve", dest / "in.nve")
-    shutil.copytree(dest / "results" / "fits" / "default" / "lammps", dest / "my_potential")
+    if not (dest / "my_potential").exists():
+        shutil.copytree(dest / "results" / "fits" / "default" / "lammps", dest / "my_potential")
     return dest
 
 

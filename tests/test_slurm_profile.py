@@ -152,7 +152,10 @@ def test_profile_is_valid_yaml_with_gpu_training(repo_root, tiny_run):
 @pytest.mark.slow  # end to end: runs the workflow
 def test_descriptor_jobs_on_slurm(repo_root, tiny_run, tmp_path):
     workdir, groups, cfg = tiny_run
-    run = run_with_standin_slurm(repo_root, workdir, tmp_path / "slurm", *targets(groups, cfg))
+    # sacct for the status queries (the profile's squeue: test_failed_job_is_reported)
+    run = run_with_standin_slurm(
+        repo_root, workdir, tmp_path / "slurm", "--slurm-status-command", "sacct", *targets(groups, cfg)
+    )
     assert run.returncode == 0, run.output[-5000:]
 
     # which jobs were submitted, and that each ran to completion through sbatch and srun
@@ -275,3 +278,32 @@ def test_interrupt_cancels_the_jobs(repo_root, shared_data, tmp_path):
         if job["pid"] is not None:  # None: cancelled before it started
             assert _group_ends(job["pid"], within=20), f"job {job['id']} still runs after scancel"
     assert not (workdir / "results" / "descriptors").exists()
+
+
+def test_jobs_must_fit_a_node_of_the_cluster():
+    """potflow's checks before the first sbatch (potflow/workflow/slurm.py), on sinfo answers:
+    GPU jobs pass where a node lists a GPU gres and stop in one line where none does; a job
+    larger than every node (CPUs or memory) stops in one line naming its rule; nothing is
+    checked where sinfo does not answer. Catches: a gres parser that misses `gpu:a100:4(S:0)` or
+    takes `(null)` / a `shard` gres for a GPU, a size check that compares with the wrong node."""
+    from potflow.errors import PotflowInputError
+    from potflow.workflow.slurm import check_slurm_gpus, check_slurm_node_sizes, has_gpus
+
+    assert has_gpus({"(null)", "gpu:a100:4(S:0-1)"}) and has_gpus({"gpu:2"}) and has_gpus({"craynetwork:1,gpu:1"})
+    assert not has_gpus({"(null)"}) and not has_gpus({"shard:gpu_a:4"}) and not has_gpus(set())
+
+    def sinfo(stdout, returncode=0):
+        return lambda *a, **k: subprocess.CompletedProcess(a, returncode, stdout=stdout, stderr="")
+
+    cluster = sinfo("2|24105|(null)\n64|512000+|gpu:4\n")
+    where = "config.yaml: resources.train_gpus"
+    check_slurm_gpus(1, where, run=cluster)
+    check_slurm_gpus(0, where, run=sinfo("2|24105|(null)\n"))
+    check_slurm_gpus(1, where, run=sinfo("", returncode=1))
+    with pytest.raises(PotflowInputError, match=r"^config.yaml: resources.train_gpus: 1 GPU\(s\) asked .* has a GPU"):
+        check_slurm_gpus(1, where, run=sinfo("2|24105|(null)\n"))
+    check_slurm_node_sizes([("train", 64, 500000), ("compute_descriptors", 1, None)], run=cluster)
+    check_slurm_node_sizes([("train", 8, 32000)], run=sinfo("", returncode=1))
+    for too_big in [("train", 65, 1000), ("train", 8, 600000)]:
+        with pytest.raises(PotflowInputError, match=r"^rule train: a job asks for .* \(the largest: 64 CPUs, 512000 MB"):
+            check_slurm_node_sizes([("import_group", 1, 1000), too_big], run=cluster)

@@ -1,5 +1,6 @@
 """The real workflow run from tests: Snakemake in a subprocess, and its dry run's job counts."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,31 @@ def job_counts(output):
                 break
             counts[words[0]] = int(words[1])
     return counts
+
+
+IGNORED = shutil.ignore_patterns(
+    ".git", "results", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache",
+    ".benchmarks", "site", "build", "report.html",
+)  # fmt: skip
+
+
+def scratch_copy(base):
+    """The repository in base/potflow (no results), with ../shared beside it as in a checkout."""
+    dest = base / "potflow"
+    shutil.copytree(REPO, dest, ignore=IGNORED, symlinks=True)
+    shared = REPO.parent / "shared"
+    if shared.is_dir():
+        (base / "shared").symlink_to(shared)
+    return dest
+
+
+# The README's command that runs the bundled example (conftest's bundled_example runs it once).
+EXAMPLE_COMMAND = "snakemake --cores 2"
+
+
+def run_bundled_example(base):
+    """A scratch copy in base in which EXAMPLE_COMMAND ran the bundled example to the end."""
+    dest = scratch_copy(base)
+    run = subprocess.run(["bash", "-c", EXAMPLE_COMMAND], cwd=dest, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, f"`{EXAMPLE_COMMAND}` in {dest}: exit {run.returncode}\n{(run.stdout + run.stderr)[-4000:]}"
+    return dest

@@ -296,6 +296,8 @@ def main():
         scancel(argv)
     elif command == "srun":
         srun(argv)
+    elif command == "sinfo" and any("%G" in a for a in argv):
+        print("64|512000|gpu:1")  # CPUs|memory|gres (sinfo -o %c|%m|%G): potflow checks jobs fit
     elif command == "sinfo":
         print(f"PARTITION\n{PARTITION}*")
     elif command in ("sacctmgr", "sshare"):
