@@ -19,8 +19,16 @@ import torch
 
 from potflow.training.collectives import sum_across
 
-# the CSR products used here are plain sparse-dense products (stable since torch 2.0)
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+def _rows_by_atom(batch, values, n_atoms, n_rows):
+    """The CSR matrix (atoms i × gradient rows) of a batch's rows, with ``values``."""
+    with warnings.catch_warnings():
+        # the products used here are plain sparse-dense ones (stable since torch 2.0); torch
+        # still warns that CSR tensors are in beta
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(
+            batch.row_ptr, batch.row_col, values, size=(n_atoms, n_rows), check_invariants=False
+        )
 
 
 def row_contributions(dedb, rows, batch):
@@ -29,10 +37,7 @@ def row_contributions(dedb, rows, batch):
     (one pass over the rows, no gathered copy of dE/dB), else a gather."""
     if batch.row_ptr is None:
         return (dedb.index_select(0, batch.row_i) * rows).sum(1)
-    pattern = torch.sparse_csr_tensor(
-        batch.row_ptr, batch.row_col, rows.new_zeros(rows.shape[0]), size=(dedb.shape[0], rows.shape[0]),
-        check_invariants=False,
-    )
+    pattern = _rows_by_atom(batch, rows.new_zeros(rows.shape[0]), dedb.shape[0], rows.shape[0])
     return torch.sparse.sampled_addmm(pattern, dedb, rows.t(), beta=0.0).values()
 
 
@@ -41,10 +46,7 @@ def rows_adjoint(c_bar, rows, batch, like):
     ``row_contributions`` (a sparse-dense product on the CPU, index_add elsewhere)."""
     if batch.row_ptr is None:
         return torch.zeros_like(like).index_add_(0, batch.row_i, rows * c_bar[:, None])
-    pattern = torch.sparse_csr_tensor(
-        batch.row_ptr, batch.row_col, c_bar, size=(like.shape[0], rows.shape[0]), check_invariants=False
-    )
-    return pattern @ rows
+    return _rows_by_atom(batch, c_bar, like.shape[0], rows.shape[0]) @ rows
 
 
 def batch_loss_sum(model, batch, grad):
