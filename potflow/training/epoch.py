@@ -45,7 +45,7 @@ def add_weight_penalty(fit):
     decay = fit.settings["weight_decay"]
     if not decay:
         return 0.0
-    penalty = weight_penalty(fit.model, decay, fit.linear_path_held)
+    penalty = weight_penalty(fit.model, decay)
     penalty.backward()
     return float(penalty.detach())
 

@@ -49,41 +49,52 @@ def rows_adjoint(c_bar, rows, batch, like):
     return _rows_by_atom(batch, c_bar, like.shape[0], rows.shape[0]) @ rows
 
 
+def config_sums(batch, per_atom):
+    """Per-configuration sums of a per-atom quantity (A, ...) -> (M, ...)."""
+    out = per_atom.new_zeros((batch.n_configs, *per_atom.shape[1:]))
+    return out.index_add(0, batch.atom_config, per_atom)
+
+
+def predicted_stress(dedx, batch):
+    """P_mv = sum_(i in m) dE/dx_i . virial_iv (M, 6), in bar (virial pre-scaled, see PreparedSet)."""
+    return config_sums(batch, torch.einsum("ak,avk->av", dedx, batch.virial))
+
+
+def predicted_forces(dedb, rows, batch):
+    """F_ja = sum of dE/dB_i . rows[r] over the rows r of (j, a), flattened (3 N_batch,)."""
+    return dedb.new_zeros(batch.force.shape[0]).index_add(0, batch.row_ja, row_contributions(dedb, rows, batch))
+
+
 def batch_loss_sum(model, batch, grad):
     """Sum over the batch's configurations of the per-configuration loss (0-d tensor)."""
     forces = batch.row_ids is not None
     stress = batch.virial is not None
     e_atom, dedx = model.standardised_energy_and_gradient(batch.x, batch.counts, need_gradient=forces or stress)
     stress_term = None
-    if stress:  # P_mv = sum_(i in m) dE/dx_i . virial_iv (virial pre-scaled, see PreparedSet)
-        per_atom = torch.einsum("ak,avk->av", dedx, batch.virial)
-        pred = e_atom.new_zeros((batch.n_configs, 6)).index_add(0, batch.atom_config, per_atom)
-        ds = pred - batch.stress
+    if stress:
+        ds = predicted_stress(dedx, batch) - batch.stress
         stress_term = torch.dot(batch.w_stress, (ds * ds).sum(1))
     if forces and batch.grad_scale is not None:  # raw rows (streamed): dE/dB = dE/dx / scale
         dedx = dedx * batch.grad_scale
-    energy = e_atom.new_zeros(batch.n_configs).index_add(0, batch.atom_config, e_atom)
-    de = energy - batch.energy
+    de = config_sums(batch, e_atom) - batch.energy
     total = torch.dot(batch.w_energy, de * de)
     if forces:
-        rows = batch.rows_of(grad)
-        force = e_atom.new_zeros(batch.force.shape[0]).index_add(0, batch.row_ja, row_contributions(dedx, rows, batch))
-        df = force - batch.force
+        df = predicted_forces(dedx, batch.rows_of(grad), batch) - batch.force
         total = total + torch.dot(batch.w_force, df * df)
     if stress_term is not None:
         total = total + stress_term
     return total
 
 
-def weight_penalty(model, weight_decay, held_linear_path=False):
+def weight_penalty(model, weight_decay):
     """lambda/2 sum W^2 over the weight matrices of the model's networks (0-d tensor, with graph);
-    with ``held_linear_path`` the fixed linear path is left out (its output weight is large, and
-    a large constant in the loss drowns the line search's differences in float32)."""
-    masks = model.linear_path_masks() if held_linear_path else {}
+    a linear path the model holds (``hold_linear_path``) is left out (its output weight is large,
+    and a large constant in the loss drowns the line search's differences in float32)."""
+    masks = getattr(model, "held_masks", {})
     total = 0.0
     for name, w in model.named_parameters():
         if name.endswith("weight"):
-            w = w * masks[w] if w in masks else w
+            w = w * masks[id(w)] if id(w) in masks else w
             total = total + (w * w).sum()
     return 0.5 * weight_decay * total
 
@@ -103,17 +114,14 @@ def batch_loss_backward(model, batch, grad, factor):
             loss.backward()
         return loss.detach()
     e_atom, dedx, tapes = model.standardised_energy_gradient_tape(batch.x, batch.counts)
-    energy = e_atom.new_zeros(batch.n_configs).index_add_(0, batch.atom_config, e_atom)
-    de = energy - batch.energy
+    de = config_sums(batch, e_atom) - batch.energy
     wde = batch.w_energy * de
     total = torch.dot(wde, de)
     # dL/dE_atom: every atom of configuration m carries 2 w^E_m (E_pred_m - E_m)
     e_bar = (wde * (2.0 * factor)).index_select(0, batch.atom_config)
     g_bar = None
-    if stress:  # P_mv = sum_(i in m) dE/dx_i . virial_iv
-        per_atom = torch.einsum("ak,avk->av", dedx, batch.virial)
-        pred = e_atom.new_zeros((batch.n_configs, 6)).index_add_(0, batch.atom_config, per_atom)
-        ds = pred - batch.stress
+    if stress:
+        ds = predicted_stress(dedx, batch) - batch.stress
         wds = batch.w_stress[:, None] * ds
         total = total + (wds * ds).sum()
         p_bar = (wds * (2.0 * factor)).index_select(0, batch.atom_config)
@@ -121,9 +129,7 @@ def batch_loss_backward(model, batch, grad, factor):
     if forces:  # F_ja = sum_rows dE/dB_i . rows, dE/dB = dE/dx (times grad_scale for raw rows)
         dedb = dedx if batch.grad_scale is None else dedx * batch.grad_scale
         rows = batch.rows_of(grad)
-        contrib = row_contributions(dedb, rows, batch)
-        force = e_atom.new_zeros(batch.force.shape[0]).index_add_(0, batch.row_ja, contrib)
-        df = force - batch.force
+        df = predicted_forces(dedb, rows, batch) - batch.force
         wdf = batch.w_force * df
         total = total + torch.dot(wdf, df)
         # dL/d(contrib_row) = 2 w^F (F_pred - F) at the row's (j, a); dL/dB_i sums rows over i
