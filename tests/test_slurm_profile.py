@@ -287,7 +287,12 @@ def test_jobs_must_fit_a_node_of_the_cluster():
     checked where sinfo does not answer. Catches: a gres parser that misses `gpu:a100:4(S:0)` or
     takes `(null)` / a `shard` gres for a GPU, a size check that compares with the wrong node."""
     from potflow.errors import PotflowInputError
-    from potflow.workflow.slurm import check_slurm_gpus, check_slurm_node_sizes, has_gpus
+    from potflow.workflow.slurm import (
+        check_slurm_gpus,
+        check_slurm_node_sizes,
+        cluster_nodes,
+        has_gpus,
+    )
 
     assert has_gpus({"(null)", "gpu:a100:4(S:0-1)"}) and has_gpus({"gpu:2"}) and has_gpus({"craynetwork:1,gpu:1"})
     assert not has_gpus({"(null)"}) and not has_gpus({"shard:gpu_a:4"}) and not has_gpus(set())
@@ -297,13 +302,13 @@ def test_jobs_must_fit_a_node_of_the_cluster():
 
     cluster = sinfo("2|24105|(null)\n64|512000+|gpu:4\n")
     where = "config.yaml: resources.train_gpus"
-    check_slurm_gpus(1, where, run=cluster)
-    check_slurm_gpus(0, where, run=sinfo("2|24105|(null)\n"))
-    check_slurm_gpus(1, where, run=sinfo("", returncode=1))
+    check_slurm_gpus(1, where, cluster_nodes(cluster))
+    check_slurm_gpus(0, where, cluster_nodes(sinfo("2|24105|(null)\n")))
+    check_slurm_gpus(1, where, cluster_nodes(sinfo("", returncode=1)))
     with pytest.raises(PotflowInputError, match=r"^config.yaml: resources.train_gpus: 1 GPU\(s\) asked .* has a GPU"):
-        check_slurm_gpus(1, where, run=sinfo("2|24105|(null)\n"))
-    check_slurm_node_sizes([("train", 64, 500000), ("compute_descriptors", 1, None)], run=cluster)
-    check_slurm_node_sizes([("train", 8, 32000)], run=sinfo("", returncode=1))
+        check_slurm_gpus(1, where, cluster_nodes(sinfo("2|24105|(null)\n")))
+    check_slurm_node_sizes([("train", 64, 500000), ("compute_descriptors", 1, None)], cluster_nodes(cluster))
+    check_slurm_node_sizes([("train", 8, 32000)], cluster_nodes(sinfo("", returncode=1)))
     for too_big in [("train", 65, 1000), ("train", 8, 600000)]:
         with pytest.raises(PotflowInputError, match=r"^rule train: a job asks for .* \(the largest: 64 CPUs, 512000 MB"):
-            check_slurm_node_sizes([("import_group", 1, 1000), too_big], run=cluster)
+            check_slurm_node_sizes([("import_group", 1, 1000), too_big], cluster_nodes(cluster))

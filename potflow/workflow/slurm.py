@@ -48,12 +48,12 @@ def has_gpus(gres):
     return any(item.split(":")[0] == "gpu" for entry in gres for item in entry.split(","))
 
 
-def check_slurm_gpus(gpus_asked, where, run=subprocess.run):
+def check_slurm_gpus(gpus_asked, where, nodes):
     """Refuse GPU jobs on a Slurm cluster without GPUs (one line), before anything is submitted;
-    ``where`` names the config and field that asked (config.yaml: resources.train_gpus).
-    Says nothing when sinfo does not answer: the submission then reports what is wrong."""
-    nodes = cluster_nodes(run) if gpus_asked >= 1 else None
-    if nodes is not None and not has_gpus(n.gres for n in nodes):
+    ``where`` names the config and field that asked (config.yaml: resources.train_gpus),
+    ``nodes`` is ``cluster_nodes()``. Says nothing when sinfo did not answer (``nodes`` None):
+    the submission then reports what is wrong."""
+    if gpus_asked >= 1 and nodes is not None and not has_gpus(n.gres for n in nodes):
         raise PotflowInputError(
             where,
             f"{gpus_asked} GPU(s) asked for the training job, but no node of this Slurm cluster "
@@ -62,10 +62,10 @@ def check_slurm_gpus(gpus_asked, where, run=subprocess.run):
         )
 
 
-def check_slurm_node_sizes(requests, run=subprocess.run):
+def check_slurm_node_sizes(requests, nodes):
     """Refuse jobs that no node of the cluster can hold (one line naming the rule): Slurm would
-    keep them pending for ever. ``requests``: (rule, CPUs, memory MB or None) of each job."""
-    nodes = cluster_nodes(run)
+    keep them pending for ever. ``requests``: (rule, CPUs, memory MB or None) of each job;
+    ``nodes``: ``cluster_nodes()`` (None: nothing is checked)."""
     if nodes is None:
         return
     for rule, cpus, mem_mb in requests:
@@ -100,8 +100,9 @@ def check_jobs_before_submitting(workflow, config_source):
         return
     jobs = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
     asked = max((job.resources.get("gpu", 0) for job in jobs), default=0)
+    nodes = cluster_nodes()  # one sinfo call for both checks
     try:
-        check_slurm_gpus(asked, f"{config_source}: resources.train_gpus")
-        check_slurm_node_sizes(sorted({job_request(job) for job in jobs}, key=str))
+        check_slurm_gpus(asked, f"{config_source}: resources.train_gpus", nodes)
+        check_slurm_node_sizes(sorted({job_request(job) for job in jobs}, key=str), nodes)
     except PotflowInputError as exc:
         raise SystemExit(f"potflow error: {exc}") from None
