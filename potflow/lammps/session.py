@@ -83,9 +83,41 @@ create_box {n_types} box
 mass * 1.0
 """
     )
+    _add_atoms(lmp, positions, T, types)
+    return T
+
+
+def replace_cell(lmp, positions, cell, types):
+    """``create_cell`` in a box made before (same units, atom style, types and boundary):
+    its atoms are deleted and the box reshaped, everything else defined since is kept."""
+    lower, T = lammps_frame(cell)
+    (ax, _, _), (bx, by, _), (cx, cy, cz) = (map(float, row) for row in lower)
+    lmp.command("delete_atoms group all")
+    lmp.reset_box([0.0, 0.0, 0.0], [ax, by, cz], bx, cy, cx)
+    _add_atoms(lmp, positions, T, types)
+    return T
+
+
+def _add_atoms(lmp, positions, T, types):
     pos = np.asarray(positions, float) @ T.T
     n = len(types)
     lmp.create_atoms(n, list(range(1, n + 1)), [int(t) + 1 for t in types], pos.ravel().tolist())
     if lmp.get_natoms() != n:
         raise RuntimeError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms (atoms outside the cell?)")
-    return T
+
+
+def retain_freed_memory():
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    ``compute snap ... dgradflag 1`` allocates two dense N^2 arrays for every configuration;
+    glibc serves such large blocks with fresh mmap pages, and faulting those pages in took
+    about 40 % of the descriptor time of a 256-atom configuration (bench/RESULTS.md). The
+    peak memory stays the largest configuration's. Does nothing outside glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
