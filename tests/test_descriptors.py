@@ -366,3 +366,40 @@ def test_descriptors_and_network_are_invariant_under_rotation_and_translation(ba
     assert np.abs(f1).max() > 1e-2, "forces should not vanish in a displaced structure"
     np.testing.assert_allclose(e2, e1, rtol=1e-11)
     np.testing.assert_allclose(f2, f1 @ rot.T, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("with_stress", [False, True], ids=["forces", "stresses"])
+def test_one_calculator_over_many_configurations_equals_a_new_one_for_each(with_stress):
+    """The calculator keeps its LAMMPS box from one configuration to the next (atoms replaced,
+    box reshaped, compute snap made anew): every result equals a fresh calculator's, bit for bit,
+    through changes of size, shape, handedness and boundary."""
+    cfg = config(WBE)
+    periodic, slab = np.ones(3, bool), np.array([True, True, False])
+    small = np.diag([3.2, 3.2, 3.2])  # narrower than twice the cutoff: a supercell with stresses
+    sequence = [
+        (*structure(SHEARED, (2, 2, 2), [0, 1], seed=1), periodic),
+        (*structure(SHEARED, (1, 1, 1), [1, 0, 0], seed=2), periodic),
+        (*structure(LEFT_HANDED, (3, 2, 2), [0, 1, 1], seed=3), periodic),
+        (*structure(small, (1, 1, 1), [0], seed=4), periodic),
+        (*structure(small * [[1], [1], [4]], (2, 2, 1), [0, 1], seed=5), slab),
+        (*structure(SHEARED, (2, 2, 2), [0, 1], seed=1), periodic),  # the first one again
+        (*structure(SHEARED, (2, 2, 2), [0, 1], seed=6), periodic),  # same cell, atoms moved
+    ]
+    kept = SnapCalculator(cfg, with_stress=with_stress)
+    try:
+        kept_results = [kept.compute_config(p, cell, pbc, types) for p, cell, types, pbc in sequence]
+    finally:
+        kept.close()
+    for (p, cell, types, pbc), got in zip(sequence, kept_results, strict=True):
+        new = SnapCalculator(cfg, with_stress=with_stress)
+        try:
+            want = new.compute_config(p, cell, pbc, types)
+        finally:
+            new.close()
+        for field in ("descriptors", "ref_forces", "grad_index", "grad_values", "virial", "ref_stress"):
+            a, b = getattr(got, field), getattr(want, field)
+            assert (a is None) == (b is None) and (a is None or np.array_equal(a, b)), field
+        assert got.ref_energy == want.ref_energy
+    assert len(kept_results[0].grad_index) > 0 and np.array_equal(
+        kept_results[0].descriptors, kept_results[-2].descriptors
+    )

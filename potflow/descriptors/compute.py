@@ -118,7 +118,6 @@ class SnapCalculator:
         self.lmp = open_lammps(log_file=log_file)
         self._compute = self._compute_command()
         self._boundary = None  # of the box now in LAMMPS (None: none yet)
-        self._runs = 0
 
     def _compute_command(self):
         bis = self.cfg["bispectrum"]
@@ -138,18 +137,16 @@ class SnapCalculator:
 
         The box, pair style and reference computes of the previous configuration are kept when
         its boundary was the same (their setup was a third of a small configuration's time);
-        ``compute snap`` is made anew each time: its N^2 arrays are sized at creation.
+        ``compute snap`` is made anew each time: its N^2 arrays are sized at creation, and its new
+        neighbour list is built by the run 0 (tests/test_descriptors.py, atoms moved in the same cell).
         """
         ref = self.cfg["reference"]
         lmp = self.lmp
         boundary = tuple(bool(p) for p in pbc)
-        self._runs += 1
         if boundary == self._boundary:
             lmp.command("uncompute snap")
             lmp.command("uncompute snap_press")  # made by compute snap's init, not deleted with it
             T = replace_cell(lmp, positions, cell, types)
-            # a new timestep: a run 0 on the previous one may reuse its neighbour lists
-            lmp.command(f"reset_timestep {self._runs}")
         else:
             lmp.command("clear")
             T = create_cell(lmp, positions, cell, pbc, types, len(self.elements), ref["units"], ref["atom_style"])
