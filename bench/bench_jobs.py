@@ -9,7 +9,10 @@ time of a dry run with nothing to do.
 start and every job's included; the config's data path replaced by DATA), then FitSNAP
 3.1.0.4 on the same folder (``../shared/fitsnap/run_fitsnap.sh``, one epoch), whose own timer
 ``descriptor_s`` covers its two LAMMPS passes; both back to back so that they see the same
-load, with ``uptime`` before and after. (W–Be every 5th: ``../shared/fitsnap/make_subset.sh
+load, with ``uptime`` before and after. Between the two it times Snakemake's start on the
+finished folder and runs the same work in one fresh Python process without Snakemake (every
+group imported and computed in turn: ``one-process``), so that the cost of Snakemake and of one
+process per job stands beside the work itself. (W–Be every 5th: ``../shared/fitsnap/make_subset.sh
 ../shared/data/WBe_JSON /tmp/WBe_every5 5``.) ``dryrun`` runs the bundled example to the end
 once (skipped when --work holds a finished run), then times ``snakemake -n`` three times.
 """
@@ -70,8 +73,46 @@ def potflow_descriptors(data, config, cores):
     cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     metas = [json.loads(m.read_text()) for m in (work / "results" / "descriptors").glob("*/*/meta.json")]
     lammps = sum(m["seconds"] for m in metas)
+    # Snakemake's start on this workflow: the same command with nothing left to do
+    t0 = time.perf_counter()
+    run_snakemake(work, cores, "--until", "compute_descriptors", "--quiet")
+    start = time.perf_counter() - t0
     subprocess.run(["rm", "-rf", str(work)], check=False)
-    return wall, cpu, lammps, len(metas), sum(m["num_configs"] for m in metas)
+    return wall, cpu, lammps, len(metas), sum(m["num_configs"] for m in metas), start
+
+
+def one_process(data, config):
+    """(wall s, CPU s) of the same work in one fresh Python process, without Snakemake: every
+    group imported and its descriptors computed in turn (``one-process``)."""
+    cmd = [sys.executable, __file__, "one-process", str(data), "--config", str(config)]
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=child_env(), check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+
+
+def cmd_one_process(args):
+    from potflow.config import groups as pfgroups
+    from potflow.config.load import prepare_config
+    from potflow.data.structures import import_group
+    from potflow.descriptors.compute import compute_group_descriptors
+    from potflow.descriptors.settings import descriptor_settings
+
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg.setdefault("path", {})["dataPath"] = str(Path(args.data).resolve())
+    cfg.setdefault("scraper", {})["scraper"] = "JSON"
+    cfg = prepare_config(cfg)
+    settings = descriptor_settings(cfg)
+    elements = list(settings["bispectrum"]["type"])
+    data_dir, scraper = pfgroups.data_source(cfg)
+    with tempfile.TemporaryDirectory(prefix="bench_one_") as tmp:
+        for group in pfgroups.fit_groups(cfg):
+            imported = Path(tmp) / f"{group}.npz"
+            source = pfgroups.group_source(data_dir, scraper, group)
+            import_group(source, scraper, elements, imported, cfg["descriptors"]["min_distance"])
+            compute_group_descriptors(settings, imported, Path(tmp) / group, group)
 
 
 def fitsnap_descriptors(data, system):
@@ -88,7 +129,8 @@ def cmd_descriptors(args):
     system = args.system or ("WBe" if "wbe" in str(args.data).lower() else "Ta")
     for _ in range(args.repeat):
         before = uptime()
-        wall, cpu, lammps, groups, configs = potflow_descriptors(args.data, args.config, args.cores)
+        wall, cpu, lammps, groups, configs, start = potflow_descriptors(args.data, args.config, args.cores)
+        one_wall, one_cpu = one_process(args.data, args.config) if not args.no_one_process else (float("nan"),) * 2
         fs_desc, fs_wall = fitsnap_descriptors(args.data, system) if not args.no_fitsnap else (float("nan"),) * 2
         after = uptime()
         print(f"uptime before: {before}\nuptime after:  {after}")
@@ -96,6 +138,13 @@ def cmd_descriptors(args):
             f"{system} {Path(args.data).name} ({groups} groups, {configs} configs), --cores {args.cores}: "
             f"potflow {wall:.1f} s (CPU {cpu:.1f} s, LAMMPS inside jobs {lammps:.1f} s) | FitSNAP descriptor_s {fs_desc:.1f} s "
             f"(wall {fs_wall:.1f} s) | ratio {wall / fs_desc:.2f}" + (f" | {args.label}" if args.label else ""),
+            flush=True,
+        )
+        jobs = 2 * groups  # an import and a descriptor job per group
+        print(
+            f"  the same work in one process (no Snakemake): {one_wall:.1f} s wall, {one_cpu:.1f} CPU-s | "
+            f"Snakemake's start (nothing to do): {start:.2f} s | Snakemake and its {jobs} job starts: "
+            f"{cpu - one_cpu:.1f} CPU-s ({(cpu - one_cpu) / jobs:.2f} a job)",
             flush=True,
         )
 
@@ -132,14 +181,18 @@ def main(argv=None):
     d.add_argument("--cores", type=int, default=2)
     d.add_argument("--repeat", type=int, default=1)
     d.add_argument("--no-fitsnap", action="store_true")
+    d.add_argument("--no-one-process", action="store_true", help="skip the one-process run of the same work")
     d.add_argument("--label", help="a note printed with each result line")
+    o = sub.add_parser("one-process", help="import and descriptors of every group in this one process")
+    o.add_argument("data")
+    o.add_argument("--config", default=str(REPO / "configs" / "WBe.yaml"))
     r = sub.add_parser("dryrun")
     r.add_argument("--work", default="/tmp/bench_dryrun")
     r.add_argument("--cores", type=int, default=2)
     args = parser.parse_args(argv)
     print(f"# {os.cpu_count()} CPUs, git {subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}")
     skip_slurm_probe()
-    {"descriptors": cmd_descriptors, "dryrun": cmd_dryrun}[args.cmd](args)
+    {"descriptors": cmd_descriptors, "dryrun": cmd_dryrun, "one-process": cmd_one_process}[args.cmd](args)
 
 
 if __name__ == "__main__":
