@@ -116,6 +116,7 @@ def cmd_ta(args):
 
 
 def cmd_wbe(args):
+    data_name = Path(args.subset).name if args.subset else "(--descriptors' data)"
     results = []
     for checkout, label in [(REPO, "")] + ([(Path(args.before), " (before)")] if args.before else []):
         print(f"  [{uptime()}]", flush=True)
@@ -127,7 +128,7 @@ def cmd_wbe(args):
         if args.device != "cpu":
             cmd += ["--device", args.device]
         r = last_json(run(cmd, env=potflow_env(checkout)))
-        print(f"potflow{label} W-Be every 5th batch 4: {r['median_s_per_epoch']:.2f} s/epoch {r['epoch_s']}, peak RSS {r['peak_rss_mb']} MB, "
+        print(f"potflow{label} W-Be {data_name} batch 4: {r['median_s_per_epoch']:.2f} s/epoch {r['epoch_s']}, peak RSS {r['peak_rss_mb']} MB, "
               f"{'streamed' if r['streamed'] else 'in memory'}", flush=True)  # fmt: skip
         results.append((label, r))
     if args.no_fitsnap:
@@ -135,7 +136,7 @@ def cmd_wbe(args):
     print(f"  [{uptime()}]", flush=True)
     f = fitsnap("WBe", args.epochs, data=args.subset)
     t, rss = float(f["epoch_s_median"]), int(f["peak_rss_kb"]) / 1024
-    print(f"FitSNAP W-Be every 5th batch 4: {t:.2f} s/epoch (median of {f['epochs_timed']}), peak RSS {rss:.0f} MB "
+    print(f"FitSNAP W-Be {data_name} batch 4: {t:.2f} s/epoch (median of {f['epochs_timed']}), peak RSS {rss:.0f} MB "
           f"(train/test configs {f['n_train_configs']}/{f['n_test_configs']})")  # fmt: skip
     for label, r in results:
         print(f"  potflow{label} / FitSNAP: epoch {r['median_s_per_epoch'] / t:.3f}x, peak RSS {r['peak_rss_mb'] / rss:.3f}x")
@@ -151,7 +152,7 @@ def main():
     ap.add_argument("--work", default="/tmp/potflow_bench_ta")
     ap.add_argument("--before", help="an older potflow checkout (a folder) timed in the same run")
     ap.add_argument("--no-fitsnap", action="store_true", help="potflow only")
-    ap.add_argument("--subset", help="wbe: the every-5th JSON folder (make_subset.sh) FitSNAP reads")
+    ap.add_argument("--subset", help="wbe: the JSON folder FitSNAP reads: the every-5th one (make_subset.sh) or the whole set")
     ap.add_argument("--descriptors", help="wbe: folder with results/descriptors of that subset")
     args = ap.parse_args()
     if args.what == "wbe" and not (args.descriptors and (args.subset or args.no_fitsnap)):
