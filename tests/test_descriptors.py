@@ -403,3 +403,22 @@ def test_one_calculator_over_many_configurations_equals_a_new_one_for_each(with_
     assert len(kept_results[0].grad_index) > 0 and np.array_equal(
         kept_results[0].descriptors, kept_results[-2].descriptors
     )
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, on the singular cell
+def test_a_failed_configuration_leaves_the_calculator_usable():
+    """A configuration that fails half-way (here a singular cell, after the previous one's
+    compute was removed) does not break the next one: it starts again from a clean LAMMPS."""
+    cfg = config(WBE)
+    positions, cell, types = structure(SHEARED, (2, 2, 2), [0, 1], seed=1)
+    periodic = np.ones(3, bool)
+    calc = SnapCalculator(cfg)
+    try:
+        before = calc.compute_config(positions, cell, periodic, types)
+        with pytest.raises(np.linalg.LinAlgError):
+            calc.compute_config(positions, 0.0 * cell, periodic, types)
+        after = calc.compute_config(positions, cell, periodic, types)
+    finally:
+        calc.close()
+    assert np.array_equal(before.descriptors, after.descriptors)
+    assert np.array_equal(before.grad_values, after.grad_values)

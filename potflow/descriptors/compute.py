@@ -140,6 +140,13 @@ class SnapCalculator:
         ``compute snap`` is made anew each time: its N^2 arrays are sized at creation, and its new
         neighbour list is built by the run 0 (tests/test_descriptors.py, atoms moved in the same cell).
         """
+        try:
+            return self._run_zero(positions, cell, pbc, types, own)
+        except Exception:
+            self._boundary = None  # a half-made configuration: the next one starts from `clear`
+            raise
+
+    def _run_zero(self, positions, cell, pbc, types, own):
         ref = self.cfg["reference"]
         lmp = self.lmp
         boundary = tuple(bool(p) for p in pbc)
