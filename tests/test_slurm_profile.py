@@ -245,6 +245,13 @@ def _group_ends(pgid, within):
     return False
 
 
+def _answer_ctrl_c():
+    """In the child: Ctrl-C back to its default, which Python turns into KeyboardInterrupt. A
+    command started with `&` by a script (as CI may start .ci/run) ignores SIGINT, and so does
+    everything it starts; Snakemake then never sees the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow  # end to end: runs the workflow
 def test_interrupt_cancels_the_jobs(repo_root, shared_data, tmp_path):
     """Ctrl-C on the submitting Snakemake cancels its jobs on the cluster (scancel)."""
@@ -257,7 +264,7 @@ def test_interrupt_cancels_the_jobs(repo_root, shared_data, tmp_path):
     with open(log, "w") as out_file:
         proc = subprocess.Popen(
             _snakemake_cmd(repo_root, workdir), cwd=workdir, env={**_standin_env(state), "STANDIN_START_DELAY": "30"},
-            stdout=out_file, stderr=subprocess.STDOUT, text=True,
+            stdout=out_file, stderr=subprocess.STDOUT, text=True, preexec_fn=_answer_ctrl_c,
         )  # fmt: skip
     try:
         deadline = time.time() + 120
