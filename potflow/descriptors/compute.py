@@ -212,7 +212,7 @@ class SnapCalculator:
         virial = strain_derivatives(grad, big_pos, big_cell, pbc)
         # forces: every copy of j is displaced with j (translation symmetry of the supercell)
         folded = grad.reshape(n, n_copies, n, 3, K).sum(1).reshape(-1, K)  # row = (i*n + j)*3 + a
-        keep = np.flatnonzero(np.any(folded != 0.0, axis=1))
+        keep = np.flatnonzero(nonzero_rows(folded))
         i, rem = np.divmod(keep, 3 * n)
         j, a = np.divmod(rem, 3)
         index = np.stack([i, j, a], axis=1).astype(np.int32)
@@ -249,7 +249,7 @@ class SnapCalculator:
             order = np.argsort(i * n + j, kind="stable")  # row = (i*n + j)*3 + a, as stored
             grad, i, j = grad[order].reshape(-1, K), np.repeat(i[order], 3), np.repeat(j[order], 3)
             a = np.tile(np.arange(3), len(pairs))
-            keep = np.flatnonzero(np.any(grad != 0.0, axis=1))
+            keep = np.flatnonzero(nonzero_rows(grad))
             index = np.stack([i[keep], j[keep], a[keep]], axis=1).astype(np.int32)
             values = grad[keep]
         else:
