@@ -59,14 +59,19 @@ def uptime():
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def data_config(data, config):
+    """The config file ``config`` with the JSON folder ``data`` as its data."""
+    cfg = yaml.safe_load(Path(config).read_text())
+    cfg.setdefault("path", {})["dataPath"] = str(Path(data).resolve())
+    cfg.setdefault("scraper", {})["scraper"] = "JSON"
+    return cfg
+
+
 def potflow_descriptors(data, config, cores):
     """(wall s, CPU s of Snakemake and its jobs, LAMMPS s summed over jobs, groups, configs) of
     import + descriptors from empty."""
     work = Path(tempfile.mkdtemp(prefix="bench_jobs_"))
-    cfg = yaml.safe_load(Path(config).read_text())
-    cfg.setdefault("path", {})["dataPath"] = str(Path(data).resolve())
-    cfg.setdefault("scraper", {})["scraper"] = "JSON"
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (work / "config.yaml").write_text(yaml.safe_dump(data_config(data, config)))
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall, _, _ = run_snakemake(work, cores, "--until", "compute_descriptors", "--quiet")
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -100,10 +105,7 @@ def cmd_one_process(args):
     from potflow.descriptors.compute import compute_group_descriptors
     from potflow.descriptors.settings import descriptor_settings
 
-    cfg = yaml.safe_load(Path(args.config).read_text())
-    cfg.setdefault("path", {})["dataPath"] = str(Path(args.data).resolve())
-    cfg.setdefault("scraper", {})["scraper"] = "JSON"
-    cfg = prepare_config(cfg)
+    cfg = prepare_config(data_config(args.data, args.config))
     settings = descriptor_settings(cfg)
     elements = list(settings["bispectrum"]["type"])
     data_dir, scraper = pfgroups.data_source(cfg)
