@@ -7,6 +7,7 @@ are removed by the next write of the same output.
 """
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -111,8 +112,10 @@ def write_torch(path, obj):
     """``torch.save`` of plain tensors and values, atomically."""
     import torch  # here, not at the top: Snakemake imports fileio to parse the workflow
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # in memory: torch's many small writes through a Python file cost 2x
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(obj, fh)  # through a Python file, so that a failed write (disk full) raises its OSError
+        fh.write(buffer.getbuffer())  # a failed write (disk full) raises its OSError here
 
 
 def write_json(path, obj):

@@ -107,6 +107,12 @@ class ElementLayout(enum.IntEnum):
         return n_elements if self.per_element_networks else 1
 
 
+def _first_columns(weight, n_cols):
+    """The first ``n_cols`` columns of a weight matrix (itself when that is all of them: a
+    slice is one more operation in a step of ~80 small ones)."""
+    return weight if n_cols == weight.shape[1] else weight[:, :n_cols]
+
+
 class MLP(nn.Module):
     """Linear layers with one activation between them; the last layer is linear with 1 output."""
 
@@ -163,7 +169,7 @@ class MLP(nn.Module):
         for k in range(n_hidden - 1, -1, -1):
             ds[k] = d
             as_[k] = a = self._times_dact(d, zs[k], hs[k + 1])
-            d = a @ (weights[k] if k else weights[0][:, :n_cols])
+            d = torch.mm(a, weights[k] if k else _first_columns(weights[0], n_cols))
         return energy, d, (weights, hs, zs, ds, as_)
 
     def parameter_gradients(self, tape, e_bar, g_bar):
@@ -176,7 +182,7 @@ class MLP(nn.Module):
         n_hidden = len(weights) - 1
         n_cols = g_bar.shape[1]
         out_w = weights[-1][0]
-        w_out_bar = (e_bar @ hs[-1])[None, :]  # the energy's share
+        w_out_bar = torch.mm(e_bar[None, :], hs[-1])  # the energy's share
         if not n_hidden:
             w_out_bar[0, :n_cols] += g_bar.sum(0)
             return [w_out_bar, e_bar.sum().reshape(1)]
@@ -186,9 +192,9 @@ class MLP(nn.Module):
         s_bars = [None] * n_hidden  # dL/d(sigma'(z_k))
         d_bar = g_bar
         for k in range(n_hidden):
-            w = weights[k] if k else weights[0][:, :n_cols]
-            a_bar = d_bar @ w.t()
-            gw[k] = as_[k].t() @ d_bar
+            w = weights[k] if k else _first_columns(weights[0], n_cols)
+            a_bar = torch.mm(d_bar, w.t())
+            gw[k] = torch.mm(as_[k].t(), d_bar)
             s_bars[k] = a_bar * ds[k]
             d_bar = self._times_dact(a_bar, zs[k], hs[k + 1])
         w_out_bar[0] += d_bar.sum(0)
@@ -200,12 +206,12 @@ class MLP(nn.Module):
             if k or n_cols == weights[0].shape[1]:
                 gw[k] = torch.addmm(gw[k], z_bar.t(), hs[k])
             else:
-                first = z_bar.t() @ hs[0]
+                first = torch.mm(z_bar.t(), hs[0])
                 first[:, :n_cols] += gw[0]
                 gw[0] = first
             grads[:0] = [gw[k], z_bar.sum(0)]
             if k:
-                h_bar = z_bar @ weights[k]
+                h_bar = torch.mm(z_bar, weights[k])
         return grads
 
 

@@ -16,7 +16,12 @@ import torch
 from potflow.errors import PotflowInputError
 from potflow.training import collectives
 from potflow.training.datasets import batch_sizes
-from potflow.training.loss import batch_loss_backward, big_batch, set_loss, weight_penalty
+from potflow.training.loss import (
+    add_weight_penalty_gradient,
+    batch_loss_backward,
+    big_batch,
+    set_loss,
+)
 
 
 def epoch_order(fit):
@@ -43,11 +48,7 @@ def add_weight_penalty(fit):
     """Add the weight-decay term's gradient (after the ranks' gradients are summed, so each rank
     adds the same once); its value, 0.0 without weight decay."""
     decay = fit.settings["weight_decay"]
-    if not decay:
-        return 0.0
-    penalty = weight_penalty(fit.model, decay)
-    penalty.backward()
-    return float(penalty.detach())
+    return add_weight_penalty_gradient(fit.model, decay) if decay else 0.0
 
 
 def train_one_epoch(fit, epoch):
@@ -59,14 +60,17 @@ def train_one_epoch(fit, epoch):
     mine, my_sizes = collectives.shard_batches(epoch_order(fit), sizes, fit.ranks)
     batches = _batches_of_pass(fit.stores.train, mine, my_sizes)
     params = list(model.parameters())
+    several_ranks = fit.ranks.world > 1
     loss_sum = torch.zeros((), dtype=fit.dtype, device=device)
     for n_batch, n_mine in zip(sizes.tolist(), my_sizes.tolist(), strict=True):
-        fit.optimizer.zero_grad(set_to_none=True)
+        for p in params:  # Optimizer.zero_grad(set_to_none=True) without its per-call overhead
+            p.grad = None
         if n_mine:
             grad, b = next(batches)
             # this rank's share of the batch mean: the summed gradients are the mean's
             loss_sum += batch_loss_backward(model, b, grad, 1.0 / n_batch)
-        collectives.all_reduce_gradients(params)
+        if several_ranks:
+            collectives.all_reduce_gradients(params)
         add_weight_penalty(fit)
         fit.optimizer.step()
     batches.close()

@@ -86,20 +86,23 @@ def batch_loss_sum(model, batch, grad):
     return total
 
 
-def weight_penalty(model, weight_decay):
-    """lambda/2 sum W^2 over the weight matrices of the model's networks (0-d tensor, with graph);
-    a linear path the model holds (``hold_linear_path``) is left out (its output weight is large,
+@torch.no_grad()
+def add_weight_penalty_gradient(model, weight_decay):
+    """Add the gradient lambda W of the L2 penalty lambda/2 sum W^2 to the ``.grad`` of each
+    weight matrix of the model's networks (not their biases); return the penalty (float). A
+    linear path the model holds (``hold_linear_path``) is left out (its output weight is large,
     and a large constant in the loss drowns the line search's differences in float32)."""
     masks = getattr(model, "held_masks", {})
     total = 0.0
     for name, w in model.named_parameters():
         if name.endswith("weight"):
-            w = w * masks[id(w)] if id(w) in masks else w
-            total = total + (w * w).sum()
-    return 0.5 * weight_decay * total
+            free = w * masks[id(w)] if id(w) in masks else w
+            total = total + (free * free).sum()
+            step = weight_decay * free  # d/dW of lambda/2 (mask W)^2, the mask being 0 or 1
+            w.grad = step if w.grad is None else w.grad + step
+    return 0.5 * weight_decay * float(total)
 
 
-@torch.no_grad()
 def batch_loss_backward(model, batch, grad, factor):
     """``factor`` times ``batch_loss_sum`` (0-d tensor), with its gradient with respect to the
     model's parameters added to their ``.grad``: what ``(factor * batch_loss_sum).backward()``
@@ -113,6 +116,13 @@ def batch_loss_backward(model, batch, grad, factor):
             loss = batch_loss_sum(model, batch, grad) * factor
             loss.backward()
         return loss.detach()
+    # inference mode skips autograd's bookkeeping (version counters, dispatch) on each of the
+    # step's ~80 small operations; its gradients are only read by the optimiser, never recorded
+    with torch.inference_mode():
+        return _written_out_loss_backward(model, batch, grad, factor, forces, stress)
+
+
+def _written_out_loss_backward(model, batch, grad, factor, forces, stress):
     e_atom, dedx, tapes = model.standardised_energy_gradient_tape(batch.x, batch.counts)
     de = config_sums(batch, e_atom) - batch.energy
     wde = batch.w_energy * de
@@ -142,7 +152,7 @@ def batch_loss_backward(model, batch, grad, factor):
     return total * factor
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def set_loss_sum(model, store, batch_size=None):
     """Sum of the per-configuration losses over a store (0 when it is empty); no graph is built."""
     total = 0.0
