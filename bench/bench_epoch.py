@@ -10,7 +10,11 @@ then FitSNAP 3.1.0.4 (../shared/fitsnap/run_fitsnap.sh Ta) at batch 4 and 32. ``
 5th W–Be configuration (``make_subset.sh``'s --subset folder for FitSNAP; --descriptors: a
 folder whose results/descriptors/<key>/<group> hold potflow's descriptors of that subset) with
 configs/WBe.yaml (Adam, batch 4): epoch time and peak RSS of training, then FitSNAP's on the
-same subset (its peak RSS is its whole run's). ``uptime`` is printed before each run, since the
+same subset (its peak RSS is its whole run's). potflow's Ta figures come with the CPU time of its
+epochs (``time.process_time``, training and validation passes), which other processes on the
+shared host do not inflate: the figure to compare two potflow versions by (``--before DIR``, with
+this bench's bench_train_ta.py and measure.py copied into DIR/bench, or it prints nan); the ratio
+to FitSNAP is the wall time's. ``uptime`` is printed before each run, since the
 host is shared; ``--before DIR`` also times an older checkout of potflow (``git archive``) in
 the same run. ``--device cuda`` times potflow on a GPU (FitSNAP's figure stays the CPU's).
 Figures: bench/RESULTS.md, "Epoch speed (issue 16)".
@@ -18,6 +22,7 @@ Figures: bench/RESULTS.md, "Epoch speed (issue 16)".
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -75,9 +80,10 @@ def ta_potflow(checkout, label, batch, extra, args):
         cmd[1] = str(Path(checkout) / "bench" / "bench_train_ta.py")
     print(f"  [{uptime()}]", flush=True)
     r = last_json(run(cmd, env=potflow_env(checkout)))
-    s = r["median_s_per_epoch"]
-    print(f"potflow{label} {args.device} {extra} batch {batch}: {s:.4f} s/epoch, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    return s
+    s, cpu = r["median_s_per_epoch"], r.get("median_cpu_s_per_epoch", math.nan)
+    print(f"potflow{label} {args.device} {extra} batch {batch}: {s:.4f} s/epoch (CPU {cpu:.4f} s), "
+          f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    return s, cpu
 
 
 def cmd_ta(args):
@@ -87,12 +93,14 @@ def cmd_ta(args):
     runs = [("adam", 4, adam), ("adam", 32, adam), ("adam", 225, adam), ("lbfgs (defaults)", 4, {})]
     checkouts = [(REPO, "")] + ([(Path(args.before), " (before)")] if args.before else [])
     figures = {}  # (label, name, batch) -> seconds per epoch, one per round
+    cpu_figures = {}  # the same, CPU time of the training and validation passes (potflow)
     for r in range(args.rounds):
         print(f"round {r + 1} of {args.rounds}", flush=True)
         for checkout, label in checkouts:
             for name, batch, extra in runs:
-                s = ta_potflow(checkout, label, batch, extra, args)
+                s, cpu = ta_potflow(checkout, label, batch, extra, args)
                 figures.setdefault((f"potflow{label}", name, batch), []).append(s)
+                cpu_figures.setdefault((f"potflow{label}", name, batch), []).append(cpu)
         if args.no_fitsnap:
             continue
         for batch in (4, 32):
@@ -112,7 +120,9 @@ def cmd_ta(args):
             f", {med / fitsnap_median[b]:.3f}x FitSNAP batch {b}" for b in refs if b in fitsnap_median and who != "FitSNAP"
         )
         rounds = " ".join(f"{v:.4f}" for v in values)
-        print(f"  {who} {name} batch {batch}: {med:.4f} s/epoch ({rounds}){ratios}")
+        cpu = cpu_figures.get((who, name, batch))
+        cpu = f"; CPU {np.median(cpu):.4f} s ({' '.join(f'{v:.4f}' for v in cpu)})" if cpu else ""
+        print(f"  {who} {name} batch {batch}: {med:.4f} s/epoch ({rounds}){ratios}{cpu}")
 
 
 def cmd_wbe(args):
