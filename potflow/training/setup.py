@@ -25,7 +25,6 @@ from potflow.training.checkpoints import (
     start_state,
 )
 from potflow.training.datasets import ConfigSet, FitData
-from potflow.training.lean_adam import LeanAdam
 from potflow.training.linear_start import start_from_linear_fit
 from potflow.training.loss import big_batch
 from potflow.training.selection import ModelSelection
@@ -122,7 +121,7 @@ def make_optimizer(model, tcfg):
             line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0,
         )  # fmt: skip
     # the fused step is one kernel per step (much less Python overhead at small batches)
-    return LeanAdam(model.parameters(), lr=tcfg["learning_rate"])
+    return torch.optim.Adam(model.parameters(), lr=tcfg["learning_rate"], fused=True)
 
 
 def make_scheduler(optimizer, cfg):
