@@ -146,8 +146,9 @@ class MLP(nn.Module):
     def energy_gradient_tape(self, x, n_cols):
         """(E (A,), dE/dx[:, :n_cols] (A, n_cols), tape), without an autograd graph.
 
-        The tape keeps what ``parameter_gradients`` needs: the inputs h_k and pre-activations
-        z_k of each layer, and d_k = dE/dh_k and a_k = dE/dz_k of each hidden layer.
+        The tape keeps what ``parameter_gradients`` needs: the weights and biases, the inputs h_k
+        and pre-activations z_k of each layer, and d_k = dE/dh_k and a_k = dE/dz_k of each
+        hidden layer.
         """
         weights = [layer.weight for layer in self.layers]
         biases = [layer.bias for layer in self.layers]
@@ -162,7 +163,7 @@ class MLP(nn.Module):
         out_w = weights[-1][0]
         energy = torch.addmv(biases[-1], h, out_w)
         if not n_hidden:
-            return energy, out_w[:n_cols].expand(x.shape[0], n_cols), (weights, hs, zs, [], [])
+            return energy, out_w[:n_cols].expand(x.shape[0], n_cols), (weights, biases, hs, zs, [], [])
         # dE/dx by the chain rule, from the output down: d_k = dE/dh_k, a_k = dE/dz_k = d_k sigma'(z_k)
         ds, as_ = [None] * n_hidden, [None] * n_hidden
         d = out_w
@@ -170,7 +171,7 @@ class MLP(nn.Module):
             ds[k] = d
             as_[k] = a = self._times_dact(d, zs[k], hs[k + 1])
             d = torch.mm(a, weights[k] if k else _first_columns(weights[0], n_cols))
-        return energy, d, (weights, hs, zs, ds, as_)
+        return energy, d, (weights, biases, hs, zs, ds, as_)
 
     def parameter_gradients(self, tape, e_bar, g_bar):
         """dL/d(weights, biases) of a loss L with dL/dE = ``e_bar`` (A,) and dL/d(dE/dx) =
@@ -178,7 +179,7 @@ class MLP(nn.Module):
         the energy and through its input gradient, written out (autograd's double backward,
         without its graph; call it under ``torch.no_grad``). Returns the gradients in
         ``parameters()`` order."""
-        weights, hs, zs, ds, as_ = tape
+        weights, _, hs, zs, ds, as_ = tape
         n_hidden = len(weights) - 1
         n_cols = g_bar.shape[1]
         out_w = weights[-1][0]
@@ -396,9 +397,14 @@ class AtomicEnergyModel(nn.Module):
         batch gets no gradient, and a held linear path (``hold_linear_path``) gets zeros.
         Call it under ``torch.no_grad``."""
         masks = getattr(self, "held_masks", {})
-        sizes = [n for _, _, n in tapes]
-        for (net, tape, _), eb, gb in zip(tapes, e_bar.split(sizes), g_bar.split(sizes), strict=True):
-            params = [p for layer in net.layers for p in (layer.weight, layer.bias)]  # parameters() order
+        if len(tapes) == 1:  # one network (options 1 and 3, or one element in the batch)
+            parts = [(tapes[0][0], tapes[0][1], e_bar, g_bar)]
+        else:
+            sizes = [n for _, _, n in tapes]
+            parts = [(net, tape, eb, gb) for (net, tape, _), eb, gb in zip(tapes, e_bar.split(sizes), g_bar.split(sizes), strict=True)]
+        for net, tape, eb, gb in parts:
+            weights, biases = tape[0], tape[1]
+            params = [p for pair in zip(weights, biases, strict=True) for p in pair]  # parameters() order
             for p, grad in zip(params, net.parameter_gradients(tape, eb, gb), strict=True):
                 if id(p) in masks:
                     grad = grad * masks[id(p)].to(grad.dtype)

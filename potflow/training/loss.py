@@ -19,16 +19,21 @@ import torch
 
 from potflow.training.collectives import sum_across
 
+_csr_warning_silenced = False
+
 
 def _rows_by_atom(batch, values, n_atoms, n_rows):
     """The CSR matrix (atoms i × gradient rows) of a batch's rows, with ``values``."""
+    global _csr_warning_silenced
+    if _csr_warning_silenced:  # torch warns once per process: the filter is needed only once
+        return torch.sparse_csr_tensor(batch.row_ptr, batch.row_col, values, size=(n_atoms, n_rows), check_invariants=False)
     with warnings.catch_warnings():
         # the products used here are plain sparse-dense ones (stable since torch 2.0); torch
         # still warns that CSR tensors are in beta
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(
-            batch.row_ptr, batch.row_col, values, size=(n_atoms, n_rows), check_invariants=False
-        )
+        csr = torch.sparse_csr_tensor(batch.row_ptr, batch.row_col, values, size=(n_atoms, n_rows), check_invariants=False)
+    _csr_warning_silenced = True
+    return csr
 
 
 def row_contributions(dedb, rows, batch):
