@@ -10,13 +10,13 @@ then FitSNAP 3.1.0.4 (../shared/fitsnap/run_fitsnap.sh Ta) at batch 4 and 32. ``
 5th W–Be configuration (``make_subset.sh``'s --subset folder for FitSNAP; --descriptors: a
 folder whose results/descriptors/<key>/<group> hold potflow's descriptors of that subset) with
 configs/WBe.yaml (Adam, batch 4): epoch time and peak RSS of training, then FitSNAP's on the
-same subset (its peak RSS is its whole run's). potflow's Ta figures come with the CPU time of its
-epochs (``time.process_time``, training and validation passes), which other processes on the
-shared host do not inflate: the figure to compare two potflow versions by (``--before DIR``, with
-this bench's bench_train_ta.py and measure.py copied into DIR/bench, or it prints nan); the ratio
-to FitSNAP is the wall time's. ``uptime`` is printed before each run, since the
-host is shared; ``--before DIR`` also times an older checkout of potflow (``git archive``) in
-the same run. ``--device cuda`` times potflow on a GPU (FitSNAP's figure stays the CPU's).
+same subset (its peak RSS is its whole run's). potflow's figures come with the CPU time of its
+epochs (``time.process_time`` of the training and validation passes), which the other processes
+on the shared host disturb less than the wall time: the figure to compare two potflow versions
+by. ``--before DIR`` also times an older checkout of potflow (``git archive``) in the same run;
+copy this bench's bench_train_ta.py, bench_wbe.py and measure.py into DIR/bench for its CPU
+times. The ratios to FitSNAP are the wall time's. ``uptime`` is printed before each run, since
+the host is shared. ``--device cuda`` times potflow on a GPU (FitSNAP's figure stays the CPU's).
 Figures: bench/RESULTS.md, "Epoch speed (issue 16)".
 """
 
@@ -138,7 +138,8 @@ def cmd_wbe(args):
         if args.device != "cpu":
             cmd += ["--device", args.device]
         r = last_json(run(cmd, env=potflow_env(checkout)))
-        print(f"potflow{label} W-Be {data_name} batch 4: {r['median_s_per_epoch']:.2f} s/epoch {r['epoch_s']}, peak RSS {r['peak_rss_mb']} MB, "
+        cpu = f"CPU {r['median_cpu_s_per_epoch']:.2f} s {r['epoch_cpu_s']}" if "epoch_cpu_s" in r else "CPU not timed"
+        print(f"potflow{label} W-Be {data_name} batch 4: {r['median_s_per_epoch']:.2f} s/epoch {r['epoch_s']} ({cpu}), peak RSS {r['peak_rss_mb']} MB, "
               f"{'streamed' if r['streamed'] else 'in memory'}", flush=True)  # fmt: skip
         results.append((label, r))
     if args.no_fitsnap:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure import REPO, child_env, mae_on_test_split
+from measure import REPO, child_env, mae_on_test_split, timed_epochs
 
 DATA = REPO.parent / "shared" / "data" / "Ta_JSON"
 CONFIG = {
@@ -106,24 +106,6 @@ def descriptors(work):
             compute_group_descriptors(cfg, npz, out, group)
         folders.append(fitsnap_order(out, work / "fitsnap_order" / key / group))
     return folders, time.perf_counter() - t0
-
-
-def timed_epochs():
-    """A list that fills with the CPU time (``time.process_time``) of each epoch's training and
-    validation pass (the checkpoint write left out): unlike the wall time, it does not count
-    what other processes on the shared host take from this one."""
-    import potflow.training.loop as loop
-
-    cpu, run_epoch = [], loop.run_epoch
-
-    def timed(fit, epoch):
-        t0 = time.process_time()
-        out = run_epoch(fit, epoch)
-        cpu.append(time.process_time() - t0)
-        return out
-
-    loop.run_epoch = timed
-    return cpu
 
 
 def run_one(args):

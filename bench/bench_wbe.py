@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import yaml
-from measure import REPO, child_env, mae_on_test_split, run_snakemake
+from measure import REPO, child_env, mae_on_test_split, run_snakemake, timed_epochs
 
 DATA = REPO.parent / "shared" / "data" / "WBe_JSON"
 CONFIG = REPO / "configs" / "WBe.yaml"
@@ -99,6 +99,7 @@ def run_child(args):
     folders = [str(p) for p in descriptor_folders(Path(args.descriptors))]
     out = work / f"fit_f{f}_b{args.batch_size}"
     paths = TrainPaths(out / "model.pt", out / "checkpoint.pt", out / "loss.dat", out / "split.tsv", out / "resume.pt")
+    epoch_cpu = timed_epochs()
     t0 = time.perf_counter()
     res = train(cfg, folders, paths, progress=False)
     wall = time.perf_counter() - t0
@@ -107,6 +108,7 @@ def run_child(args):
         "fraction": f, "batch_size": args.batch_size, "epochs": len(res["epoch_seconds"]),
         "epoch_s": [round(s, 2) for s in res["epoch_seconds"]],
         "median_s_per_epoch": round(float(np.median(res["epoch_seconds"])), 2), "train_wall_s": round(wall, 1),
+        "epoch_cpu_s": [round(s, 2) for s in epoch_cpu], "median_cpu_s_per_epoch": round(float(np.median(epoch_cpu)), 2),
         "peak_rss_mb": round(rss), "streamed": res["streamed"], "selected": res["info"], "device": args.device,
         "gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_initialized() else None,
     }  # fmt: skip

@@ -99,3 +99,21 @@ def mae_of_model(cfg, folders, model):
             f_err.append(np.abs(forces.numpy() - np.asarray(a["force_target"][atoms])).ravel())
             data.release_pages()
     return float(np.concatenate(e_err).mean()), float(np.concatenate(f_err).mean()), len(test)
+
+
+def timed_epochs():
+    """A list that fills with the CPU time (``time.process_time``) of each epoch's training and
+    validation pass (the checkpoint write left out), which the other processes on the shared
+    host disturb less than the wall time."""
+    import potflow.training.loop as loop
+
+    cpu, run_epoch = [], loop.run_epoch
+
+    def timed(fit, epoch):
+        t0 = time.process_time()
+        out = run_epoch(fit, epoch)
+        cpu.append(time.process_time() - t0)
+        return out
+
+    loop.run_epoch = timed
+    return cpu
