@@ -397,12 +397,12 @@ class AtomicEnergyModel(nn.Module):
         batch gets no gradient, and a held linear path (``hold_linear_path``) gets zeros.
         Call it under ``torch.no_grad``."""
         masks = getattr(self, "held_masks", {})
-        if len(tapes) == 1:  # one network (options 1 and 3, or one element in the batch)
-            parts = [(tapes[0][0], tapes[0][1], e_bar, g_bar)]
+        if len(tapes) == 1:  # one network: no split (two operations fewer in a small step)
+            shares = [(e_bar, g_bar)]
         else:
             sizes = [n for _, _, n in tapes]
-            parts = [(net, tape, eb, gb) for (net, tape, _), eb, gb in zip(tapes, e_bar.split(sizes), g_bar.split(sizes), strict=True)]
-        for net, tape, eb, gb in parts:
+            shares = zip(e_bar.split(sizes), g_bar.split(sizes), strict=True)
+        for (net, tape, _), (eb, gb) in zip(tapes, shares, strict=True):
             weights, biases = tape[0], tape[1]
             params = [p for pair in zip(weights, biases, strict=True) for p in pair]  # parameters() order
             for p, grad in zip(params, net.parameter_gradients(tape, eb, gb), strict=True):

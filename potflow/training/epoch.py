@@ -60,7 +60,6 @@ def train_one_epoch(fit, epoch):
     mine, my_sizes = collectives.shard_batches(epoch_order(fit), sizes, fit.ranks)
     batches = _batches_of_pass(fit.stores.train, mine, my_sizes)
     params = list(model.parameters())
-    several_ranks = fit.ranks.world > 1
     loss_sum = torch.zeros((), dtype=fit.dtype, device=device)
     for n_batch, n_mine in zip(sizes.tolist(), my_sizes.tolist(), strict=True):
         for p in params:  # Optimizer.zero_grad(set_to_none=True) without its per-call overhead
@@ -69,8 +68,7 @@ def train_one_epoch(fit, epoch):
             grad, b = next(batches)
             # this rank's share of the batch mean: the summed gradients are the mean's
             loss_sum += batch_loss_backward(model, b, grad, 1.0 / n_batch)
-        if several_ranks:
-            collectives.all_reduce_gradients(params)
+        collectives.all_reduce_gradients(params)
         add_weight_penalty(fit)
         fit.optimizer.step()
     batches.close()

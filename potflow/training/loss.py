@@ -19,21 +19,26 @@ import torch
 
 from potflow.training.collectives import sum_across
 
-_csr_warning_silenced = False
+_csr_warning_spent = False
+
+
+def _spend_csr_beta_warning():
+    """torch warns once per process that CSR tensors are in beta (the products used here are
+    plain sparse-dense ones, stable since torch 2.0): an empty CSR tensor made under a filter
+    spends that warning, so the products need no ``catch_warnings`` each (which cost more than
+    the product)."""
+    global _csr_warning_spent
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        torch.sparse_csr_tensor(torch.zeros(1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), torch.zeros(0), size=(0, 0), check_invariants=False)
+    _csr_warning_spent = True
 
 
 def _rows_by_atom(batch, values, n_atoms, n_rows):
     """The CSR matrix (atoms i × gradient rows) of a batch's rows, with ``values``."""
-    global _csr_warning_silenced
-    if _csr_warning_silenced:  # torch warns once per process: the filter is needed only once
-        return torch.sparse_csr_tensor(batch.row_ptr, batch.row_col, values, size=(n_atoms, n_rows), check_invariants=False)
-    with warnings.catch_warnings():
-        # the products used here are plain sparse-dense ones (stable since torch 2.0); torch
-        # still warns that CSR tensors are in beta
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        csr = torch.sparse_csr_tensor(batch.row_ptr, batch.row_col, values, size=(n_atoms, n_rows), check_invariants=False)
-    _csr_warning_silenced = True
-    return csr
+    if not _csr_warning_spent:
+        _spend_csr_beta_warning()
+    return torch.sparse_csr_tensor(batch.row_ptr, batch.row_col, values, size=(n_atoms, n_rows), check_invariants=False)
 
 
 def row_contributions(dedb, rows, batch):
